@@ -1,0 +1,83 @@
+"""KV-cache strategies: how the decode loop keeps (or does not keep) past keys and values.
+
+A strategy is a few lines: a name, a factory, and two flags. Adding an offloaded or quantized
+transformers cache means one more ``register_cache`` call, e.g.::
+
+    register_cache(CacheStrategy(
+        "offloaded", lambda model, batch, max_len: DynamicCache(config=model.config, offloading=True)))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from transformers import Cache, DynamicCache, PreTrainedModel, StaticCache
+
+from .errors import DecodePerfError, check_choice
+
+CacheFactory = Callable[[PreTrainedModel, int, int], Cache | None]
+
+
+@dataclass(frozen=True)
+class CacheStrategy:
+    """How to make the ``past_key_values`` for one generation.
+
+    ``feeds_full_sequence``: no cache; every step re-runs the whole sequence (the seed's naive loop).
+    ``preallocated``: the cache is made once, outside the timed region, and ``reset()`` before each
+    generation, the way a server keeps its static cache (allocation is not per request).
+    """
+
+    name: str
+    make: CacheFactory
+    feeds_full_sequence: bool = False
+    preallocated: bool = False
+
+
+CACHES: dict[str, CacheStrategy] = {}
+
+
+def register_cache(strategy: CacheStrategy) -> CacheStrategy:
+    """Add a strategy to the registry (replacing one of the same name) and return it."""
+    CACHES[strategy.name] = strategy
+    return strategy
+
+
+def get_cache(name: str) -> CacheStrategy:
+    return CACHES[check_choice("cache type", name, CACHES)]
+
+
+register_cache(CacheStrategy("none", lambda model, batch, max_len: None, feeds_full_sequence=True))
+register_cache(CacheStrategy("dynamic", lambda model, batch, max_len: DynamicCache(config=model.config)))
+register_cache(
+    CacheStrategy(
+        "static",
+        lambda model, batch, max_len: StaticCache(config=model.config, max_cache_len=max_len),
+        preallocated=True,
+    )
+)
+
+
+class CacheSlot:
+    """The cache one variant decodes with, kept across measurement rounds when preallocated."""
+
+    def __init__(self, strategy: CacheStrategy, model: PreTrainedModel, batch_size: int, max_len: int):
+        self.strategy = strategy
+        self.model = model
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self._kept: Cache | None = strategy.make(model, batch_size, max_len) if strategy.preallocated else None
+
+    def fresh(self) -> Cache | None:
+        """An empty cache for one generation (reset in place when preallocated)."""
+        if self._kept is not None:
+            self._kept.reset()  # type: ignore[no-untyped-call]
+            return self._kept
+        return self.strategy.make(self.model, self.batch_size, self.max_len)
+
+    def check_capacity(self, needed: int) -> None:
+        if self.strategy.preallocated and needed > self.max_len:
+            raise DecodePerfError(
+                f"{self.strategy.name} cache holds {self.max_len} positions but prompt + new tokens "
+                f"need {needed}; raise the cache length to at least {needed}"
+            )

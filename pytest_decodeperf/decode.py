@@ -1,0 +1,144 @@
+"""The one decode loop. Cache strategy and stop policy are its parameters.
+
+Phases follow gpt-fast: ``prefill`` (the prompt, yielding the first token), ``decode_one_token``,
+and ``generate``, which runs them with a stop policy. Finished rows get the pad token after their
+EOS, as transformers' generate() does, so every policy returns the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache, PreTrainedModel
+
+from .caches import CacheSlot
+from .errors import DecodePerfError
+from .instrument import NULL_TRACER, Tracer
+from .stops import StopPolicy
+
+
+@dataclass
+class DecodeOutput:
+    """What one generation produced.
+
+    ``tokens``: [B, P + n] prompt and generated tokens, trimmed to the step at which every row had
+    finished (or to max_new_tokens). ``steps``: forward passes run, prefill included. ``extra_steps``:
+    steps launched after the last one kept (a lagged policy's look-ahead; nostop's run-on).
+    """
+
+    tokens: torch.Tensor
+    prompt_len: int
+    steps: int
+    extra_steps: int
+    host_reads: int
+    note: str = ""
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.tokens[:, self.prompt_len :]
+
+    @property
+    def new_tokens(self) -> int:
+        return int(self.tokens.shape[1]) - self.prompt_len
+
+
+def forward_next_token(model: PreTrainedModel, inputs: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    """Greedy next token for each row. inputs: [B, T] -> [B]."""
+    out = model(inputs, past_key_values=cache, use_cache=cache is not None)
+    logits = out.logits[:, -1, :]  # [B, V]
+    return torch.argmax(logits, dim=-1)
+
+
+def prefill(model: PreTrainedModel, prompts: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+    """Run the prompt [B, P] through the model: the first generated token [B]."""
+    return forward_next_token(model, prompts, cache)
+
+
+def decode_one_token(
+    model: PreTrainedModel, seq: torch.Tensor, length: int, cache: Cache | None, full_sequence: bool
+) -> torch.Tensor:
+    """Next token [B] given seq[:, :length]; the naive loop feeds it all, a cached one the last token."""
+    inputs = seq[:, :length] if full_sequence else seq[:, length - 1 : length]  # [B, T] or [B, 1]
+    return forward_next_token(model, inputs, cache)
+
+
+def generate(
+    model: PreTrainedModel,
+    prompts: torch.Tensor,
+    max_new_tokens: int,
+    cache_slot: CacheSlot,
+    policy: StopPolicy,
+    eos_ids: torch.Tensor,
+    pad_id: int,
+    tracer: Tracer = NULL_TRACER,
+    on_prefill: Callable[[], None] | None = None,
+) -> DecodeOutput:
+    """Greedy-decode up to ``max_new_tokens`` per row of ``prompts`` [B, P].
+
+    ``eos_ids`` [E] (on the model's device) are the stop tokens; empty means run to the end.
+    ``on_prefill`` is called on the prefill's stream right after it is launched (for timing).
+    """
+    batch, prompt_len = prompts.shape
+    total = prompt_len + max_new_tokens
+    cache_slot.check_capacity(total)
+    device = prompts.device
+    # One preallocated sequence buffer: no per-step torch.cat (the seed's fragmentation source).
+    seq = torch.full((batch, total), pad_id, dtype=torch.long, device=device)  # [B, P + N]
+    seq[:, :prompt_len] = prompts
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
+    pad = torch.tensor(pad_id, dtype=torch.long, device=device)
+    cache = cache_slot.fresh()
+    full_sequence = cache_slot.strategy.feeds_full_sequence
+
+    run = policy.start(device)
+    stopped_after: int | None = None  # index of the last step kept when a stop was read
+    steps = 0
+    with tracer.generation():
+        for step in range(max_new_tokens):
+            tracer.on_step(step)
+            length = prompt_len + step
+            with tracer.range(f"step {step}"), run.launch(step):
+                with tracer.range("forward", "green"):
+                    if step == 0:
+                        token = prefill(model, prompts, cache)
+                    else:
+                        token = decode_one_token(model, seq, length, cache, full_sequence)
+                # Rows that already finished emit pad; then a row finishes on an EOS.
+                token = torch.where(finished, pad, token)  # [B]
+                seq[:, length] = token
+                finished |= torch.isin(token, eos_ids)
+                run.publish(step, finished.all())
+                if step == 0 and on_prefill is not None:
+                    on_prefill()
+            steps += 1
+            with tracer.range("stop check", "red"):
+                if run.should_stop(step):
+                    stopped_after = policy.read_slot(step)
+                    break
+        run.finish()
+
+    kept = max_new_tokens if stopped_after is None else stopped_after + 1
+    if policy.lag is None and eos_ids.numel() > 0:
+        kept = _steps_until_all_finished(seq[:, prompt_len:], eos_ids, max_new_tokens)
+    if kept > steps:
+        raise DecodePerfError(f"stop policy {policy.name!r} kept {kept} steps but ran only {steps}")
+    tokens = seq[:, : prompt_len + kept]
+    return DecodeOutput(
+        tokens=tokens,
+        prompt_len=prompt_len,
+        steps=steps,
+        extra_steps=steps - kept,
+        host_reads=run.host_reads,
+        note=run.note,
+    )
+
+
+def _steps_until_all_finished(generated: torch.Tensor, eos_ids: torch.Tensor, limit: int) -> int:
+    """For a policy that never stops: the step count a stopping policy would have kept."""
+    is_eos = torch.isin(generated, eos_ids)  # [B, N]
+    if not bool(is_eos.any(dim=1).all()):
+        return limit
+    first = is_eos.int().argmax(dim=1)  # [B]: first EOS per row
+    return int(first.max()) + 1

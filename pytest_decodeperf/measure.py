@@ -1,0 +1,196 @@
+"""Timing and memory for one variant: warmup rounds apart, then N timed rounds.
+
+The clock reads the device's time, never the host's view of it: on CUDA, events recorded on
+the stream (start, end of prefill, end) and read after one synchronize at the end of the round,
+so timing adds no sync inside the loop; on CPU, kernels run synchronously on the host, so
+``perf_counter`` at the same points is already the device's time.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .decode import DecodeOutput
+
+
+class Clock:
+    """Marks start, end of prefill, and end of one generation on ``device``."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self._t: list[float] = []
+        if self.cuda:
+            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]  # type: ignore[no-untyped-call]
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)  # nothing queued before may count
+            self._events[0].record()
+        else:
+            self._t = [time.perf_counter()]
+
+    def mark_prefill(self) -> None:
+        """Called on the prefill's stream right after the prefill is launched."""
+        if self.cuda:
+            self._events[1].record()
+        else:
+            self._t.append(time.perf_counter())
+
+    def stop(self) -> tuple[float, float | None]:
+        """End the round: (total seconds, prefill seconds or None if never marked)."""
+        if self.cuda:
+            start, prefill, end = self._events
+            end.record()
+            end.synchronize()
+            total = start.elapsed_time(end) / 1e3
+            try:
+                pre: float | None = start.elapsed_time(prefill) / 1e3
+            except RuntimeError:  # prefill event never recorded
+                pre = None
+            return total, pre
+        now = time.perf_counter()
+        pre_cpu = self._t[1] - self._t[0] if len(self._t) > 1 else None
+        return now - self._t[0], pre_cpu
+
+
+@dataclass
+class Round:
+    total_s: float
+    prefill_s: float | None
+    output: DecodeOutput
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+
+    @property
+    def decode_steps(self) -> int:
+        return max(self.output.steps - 1, 0)
+
+    @property
+    def ms_per_token(self) -> float:
+        """Decode milliseconds per step: prefill excluded, a lagged extra step included."""
+        decode_s = self.total_s - (self.prefill_s or 0.0)
+        return 1e3 * decode_s / self.decode_steps if self.decode_steps else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens returned (rows x kept width) per wall second of the whole generation."""
+        batch = int(self.output.tokens.shape[0])
+        return batch * self.output.new_tokens / self.total_s
+
+
+@dataclass
+class Measurement:
+    rounds: list[Round]
+    warmup_s: list[float] = field(default_factory=list)
+    compile_stats: dict[str, int] = field(default_factory=dict)  # dynamo counters during these rounds
+
+    @property
+    def last(self) -> DecodeOutput:
+        return self.rounds[-1].output
+
+    def median(self, values: Sequence[float]) -> float:
+        return float(statistics.median(values)) if values else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.median([r.tokens_per_s for r in self.rounds])
+
+    @property
+    def ms_per_token(self) -> float:
+        return self.median([r.ms_per_token for r in self.rounds])
+
+    @property
+    def prefill_ms(self) -> float | None:
+        values = [1e3 * r.prefill_s for r in self.rounds if r.prefill_s is not None]
+        return self.median(values) if values else None
+
+    @property
+    def spread_pct(self) -> float:
+        """Interquartile range of tokens/s over its median, in percent."""
+        values = sorted(r.tokens_per_s for r in self.rounds)
+        if len(values) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        return 100.0 * (q3 - q1) / statistics.median(values)
+
+    def peak(self, attr: str) -> int | None:
+        values = [getattr(r, attr) for r in self.rounds if getattr(r, attr) is not None]
+        return max(values) if values else None
+
+
+RunOnce = Callable[[Clock], DecodeOutput]
+
+
+def measure(
+    run_once: RunOnce,
+    device: torch.device,
+    rounds: int,
+    warmup: int,
+    settled: Callable[[], int] | None = None,
+    max_extra_warmup: int = 5,
+) -> Measurement:
+    """Run ``warmup`` rounds (their times kept apart), then ``rounds`` timed ones.
+
+    ``run_once(clock)`` runs one generation and calls ``clock.mark_prefill()`` after the prefill.
+    ``settled``: a counter (e.g. compiled graphs) that must stop moving before timing starts;
+    warmup goes on, up to ``max_extra_warmup`` more rounds, while a round still changes it, so
+    a recompile is never inside the timed rounds.
+    """
+    clock = Clock(device)
+    cuda = device.type == "cuda"
+    warm: list[float] = []
+    # As timeit does: no garbage-collector pause lands inside a timed round.
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        return _measure(run_once, clock, cuda, device, rounds, warmup, settled, max_extra_warmup, warm)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _measure(
+    run_once: RunOnce,
+    clock: Clock,
+    cuda: bool,
+    device: torch.device,
+    rounds: int,
+    warmup: int,
+    settled: Callable[[], int] | None,
+    max_extra_warmup: int,
+    warm: list[float],
+) -> Measurement:
+    with torch.inference_mode():
+        changed = False
+        for i in range(warmup + max_extra_warmup):
+            if i >= warmup and not changed:
+                break
+            before = settled() if settled is not None else 0
+            clock.start()
+            run_once(clock)
+            warm.append(clock.stop()[0])
+            changed = settled is not None and settled() != before
+        timed: list[Round] = []
+        for _ in range(rounds):
+            if cuda:
+                # As the seed does: each round starts from an empty allocator cache, so the
+                # reserved peak shows this round's fragmentation, not an earlier round's.
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            clock.start()
+            out = run_once(clock)
+            total, pre = clock.stop()
+            rnd = Round(total, pre, out)
+            if cuda:
+                rnd.peak_allocated_bytes = int(torch.cuda.max_memory_allocated(device))
+                rnd.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(device))
+            timed.append(rnd)
+    return Measurement(timed, warm)

@@ -1,0 +1,59 @@
+"""The JSON record of one measured variant: the interchange format of reports, asv and plots.
+
+``--decodeperf-json`` writes ``{"machine": MachineInfo, "results": [ResultRecord, ...]}``; the asv
+history writer, the regression gate and the plots read the same records.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class MachineInfo(TypedDict, total=False):
+    hostname: str
+    platform: str
+    python: str
+    cpu: str
+    num_cpu: int
+    ram_bytes: int
+    torch: str
+    transformers: str
+    cuda: str | None
+    device: str  # "cpu" or "cuda"
+    gpu_name: str | None
+    gpu_driver: str | None
+
+
+class ResultRecord(TypedDict):
+    test: str  # pytest nodeid (or "engine[<variant id>]" outside pytest)
+    model: str
+    cache: str
+    stream: str
+    batch_size: int
+    new_tokens: int  # max new tokens asked for
+    stop: str  # "eos" or "none"
+    compile: bool | str  # False, True (default mode) or a torch.compile mode
+    dtype: str
+    device: str
+    parity: str  # "pass" | "fail" | "n/a"
+    tokens_per_s: float  # median over rounds
+    ms_per_token: float  # median decode ms per step (prefill excluded); NaN (null in JSON) with no decode step
+    prefill_ms: float | None  # median
+    steps: int  # forward passes run, prefill and any lagged extra step included
+    extra_steps: int
+    generated_tokens: int  # new tokens kept per row (the trimmed width)
+    peak_allocated_bytes: int | None  # CUDA only
+    peak_reserved_bytes: int | None
+    rounds: int
+    warmup_s: list[float]  # warmup (and compile) rounds, reported apart
+    samples_s: list[float]  # wall seconds of each timed round
+    samples_ms_per_token: list[float]
+    samples_prefill_ms: list[float]
+    spread_pct: float  # IQR of tokens/s over its median, in percent
+    note: str
+    stop_reads: int  # blocking host reads of the stop flag in one generation
+    syncs_per_token: float | None  # CUDA: host-device syncs per token position (torch.profiler)
+    gpu_idle_fraction: float | None  # CUDA: device idle time / device window of one generation
+    gpu_idle_us_per_step: float | None
+    compiled_graphs: int | None  # compiled variants: graphs dynamo compiled while measuring (recompiles show here)
+    graph_breaks: int | None

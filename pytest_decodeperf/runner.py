@@ -1,0 +1,214 @@
+"""Run and measure variants: the engine's front door, used by the plugin, asv and the CLI.
+
+A ``Runner`` builds each zoo model once, makes each workload once, and keeps the baseline's
+tokens per configuration so a variant's parity check never re-times anything.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .caches import CacheSlot, get_cache
+from .decode import DecodeOutput, generate
+from .hf import hf_generate
+from .instrument import NULL_TRACER, Tracer
+from .measure import Clock, Measurement, measure
+from .models import build_model
+from .parity import ParityReport, check_parity
+from .profiling import ProfileStats, compile_counters, profile_generation
+from .records import ResultRecord
+from .stops import get_stop_policy
+from .variants import Variant
+from .workload import Workload, make_workload
+
+
+@dataclass
+class VariantResult:
+    """A measured variant: its measurement, its tokens, and its parity verdict against baseline."""
+
+    variant: Variant
+    device: torch.device
+    workload: Workload
+    measurement: Measurement
+    parity: ParityReport | None  # None: baseline itself, or parity not asked for
+    profile: ProfileStats | None = None  # CUDA only: syncs and GPU idle of one untimed generation
+
+    @property
+    def output(self) -> DecodeOutput:
+        return self.measurement.last
+
+    @property
+    def parity_verdict(self) -> str:
+        if self.parity is None:
+            return "n/a"
+        return "pass" if self.parity.ok else "fail"
+
+    def record(self, test: str | None = None) -> ResultRecord:
+        m, v, out = self.measurement, self.variant, self.output
+        return ResultRecord(
+            test=test or f"engine[{v.id}]",
+            model=v.model,
+            cache=v.cache,
+            stream=v.stream,
+            batch_size=v.batch_size,
+            new_tokens=v.new_tokens,
+            stop=v.stop,
+            compile=v.compile,
+            dtype=v.dtype,
+            device=self.device.type,
+            parity=self.parity_verdict,
+            tokens_per_s=m.tokens_per_s,
+            ms_per_token=m.ms_per_token,
+            prefill_ms=m.prefill_ms,
+            steps=out.steps,
+            extra_steps=out.extra_steps,
+            generated_tokens=out.new_tokens,
+            peak_allocated_bytes=m.peak("peak_allocated_bytes"),
+            peak_reserved_bytes=m.peak("peak_reserved_bytes"),
+            rounds=len(m.rounds),
+            warmup_s=list(m.warmup_s),
+            samples_s=[r.total_s for r in m.rounds],
+            samples_ms_per_token=[r.ms_per_token for r in m.rounds],
+            samples_prefill_ms=[1e3 * r.prefill_s for r in m.rounds if r.prefill_s is not None],
+            spread_pct=m.spread_pct,
+            note=out.note,
+            stop_reads=out.host_reads,
+            compiled_graphs=m.compile_stats.get("unique_graphs") if v.compile else None,
+            graph_breaks=m.compile_stats.get("graph_breaks") if v.compile else None,
+            syncs_per_token=self.profile.syncs_per_token if self.profile else None,
+            gpu_idle_fraction=self.profile.idle.fraction if self.profile else None,
+            gpu_idle_us_per_step=self.profile.idle_us_per_step if self.profile else None,
+        )
+
+
+class Runner:
+    """Measures variants on one device, caching models, workloads and baseline tokens."""
+
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        rounds: int = 5,
+        warmup: int = 1,
+        tracer: Tracer = NULL_TRACER,
+        seed: int = 0,
+        profile_gpu: bool = True,
+    ):
+        self.device = torch.device(device)
+        self.rounds = rounds
+        self.warmup = warmup
+        self.tracer = tracer
+        self.seed = seed
+        self.profile_gpu = profile_gpu and self.device.type == "cuda"
+        self._models: dict[tuple[str, str], PreTrainedModel] = {}
+        self._compiled: dict[tuple[int, bool | str], Any] = {}
+        self._workloads: dict[tuple[Any, ...], Workload] = {}
+        self._references: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def model(self, name: str, dtype: str = "float32") -> PreTrainedModel:
+        key = (name, dtype)
+        if key not in self._models:
+            self._models[key] = build_model(name, self.device, dtype, seed=self.seed)
+        return self._models[key]
+
+    def workload(self, model: PreTrainedModel, variant: Variant) -> Workload:
+        key = (id(model), variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len)
+        if key not in self._workloads:
+            self._workloads[key] = make_workload(
+                model, variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len, self.seed
+            )
+        return self._workloads[key]
+
+    def _callable(self, model: PreTrainedModel, variant: Variant) -> PreTrainedModel:
+        if not variant.compile:
+            return model
+        key = (id(model), variant.compile)
+        if key not in self._compiled:
+            mode = None if variant.compile is True or variant.compile == "default" else str(variant.compile)
+            self._compiled[key] = torch.compile(model, mode=mode)
+        compiled: PreTrainedModel = self._compiled[key]
+        return compiled
+
+    def run_once_fn(
+        self, model: PreTrainedModel, variant: Variant, workload: Workload
+    ) -> Callable[[Clock], DecodeOutput]:
+        """One generation of ``variant`` as a function of the round's clock."""
+        variant.validate(self.device)
+        if variant.is_hf:
+            # generate() compiles by itself (its CompileConfig) when asked; a torch.compile
+            # wrapper would forward .generate() to the eager model anyway.
+            deferred = variant.stream == "hf-deferred"
+
+            def run_hf(clock: Clock) -> DecodeOutput:
+                return hf_generate(model, workload, variant.cache, deferred, bool(variant.compile), clock.mark_prefill)
+
+            return run_hf
+        target = self._callable(model, variant)
+        policy = get_stop_policy(variant.stream)
+        slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
+
+        def run_loop(clock: Clock) -> DecodeOutput:
+            return generate(
+                target,
+                workload.prompts,
+                workload.max_new_tokens,
+                slot,
+                policy,
+                workload.eos_ids,
+                workload.pad_id,
+                self.tracer,
+                clock.mark_prefill,
+            )
+
+        return run_loop
+
+    def reference(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> torch.Tensor:
+        """Baseline tokens for ``variant``'s configuration (run once, untimed, if not measured yet)."""
+        key = (id(model), *variant.config_key)
+        if key not in self._references:
+            once = self.run_once_fn(model, variant.baseline(), workload)
+            with torch.inference_mode():
+                self._references[key] = once(Clock(self.device)).generated.cpu()
+        return self._references[key]
+
+    def run(self, variant: Variant, model: PreTrainedModel | None = None, parity: bool = True) -> VariantResult:
+        """Measure ``variant`` (on ``model``, else the zoo model it names) and check its parity."""
+        variant.validate(self.device)
+        model = model if model is not None else self.model(variant.model, variant.dtype)
+        workload = self.workload(model, variant)
+        once = self.run_once_fn(model, variant, workload)
+        profile: ProfileStats | None = None
+        graphs_before = dict(compile_counters())
+        try:
+            settled = (lambda: compile_counters()["unique_graphs"]) if variant.compile else None
+            warmup = max(self.warmup, 1) if variant.compile else self.warmup
+            measurement = measure(once, self.device, self.rounds, warmup, settled)
+            if variant.compile:
+                after = compile_counters()
+                measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
+            if self.profile_gpu:
+                with torch.inference_mode():
+                    profile = profile_generation(lambda: once(Clock(self.device)), self.device)
+        except torch.OutOfMemoryError:
+            self.release()
+            raise
+        generated = measurement.last.generated.cpu()
+        report: ParityReport | None = None
+        if variant.stream == "baseline":
+            self._references.setdefault((id(model), *variant.config_key), generated)
+        elif parity:
+            expected = self.reference(model, variant, workload)
+            report = check_parity(expected, generated, workload.eos_ids, label=variant.id)
+        return VariantResult(variant, self.device, workload, measurement, report, profile)
+
+    def release(self) -> None:
+        """Drop cached tensors and return freed device memory (after an OOM, or at the end)."""
+        self._references.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,177 @@
+"""Stop policies (the "stream modes"): when and how the host learns that every row has finished.
+
+The decode loop asks a policy three things per step: which stream to launch the step on
+(``launch``), to take the step's all-finished flag (``publish``, called on that stream), and
+whether to stop now (``should_stop``). The four modes of the seed article differ only here:
+
+=========  ===================================================================================
+baseline   read the flag of step i right after launching it: a blocking sync every step
+deferred   one stream; copy the flag to pinned memory without blocking, read it one step later
+           (what transformers' ``DeferredStopCheck`` does)
+pipelined  the seed's ping-pong: step i runs on stream i % 2, waiting on the other stream; the
+           host reads step i-1's flag only after step i is launched
+nostop     never read the flag: the upper bound, showing what the stop check itself costs
+=========  ===================================================================================
+
+A lagged policy (deferred, pipelined) learns of the stop one step late, so one extra step is
+always launched; the loop trims it and counts it. On CPU there are no CUDA streams: the lagged
+policies keep their lag (so parity of the trimming is tested everywhere) and say so in ``note``.
+
+Unlike the seed's listing, the host waits on a CUDA event recorded after the device-to-host copy
+before reading a pinned flag: ``wait_stream`` orders streams on the device but does not block the
+host, so reading the pinned tensor without the event can see a stale value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .errors import DecodePerfError, check_choice
+
+
+@dataclass(frozen=True)
+class StopPolicy:
+    """A stream mode. ``lag`` is how many steps late the flag is read (None: never read)."""
+
+    name: str
+    lag: int | None
+    streams: int
+    description: str
+
+    def supports(self, device: torch.device) -> bool:
+        return device.type in ("cpu", "cuda")
+
+    def start(self, device: torch.device) -> StopRun:
+        if not self.supports(device):
+            raise DecodePerfError(
+                f"stream mode {self.name!r} cannot run on device {device.type!r}; it runs on cpu and cuda"
+            )
+        return StopRun(self, device)
+
+    def read_slot(self, step: int) -> int:
+        """Which step's flag the host reads after launching ``step`` (test doubles override this)."""
+        return step - (self.lag or 0)
+
+
+class StopRun:
+    """A policy's state during one generation: streams, pinned flags, events, and counters."""
+
+    def __init__(self, policy: StopPolicy, device: torch.device):
+        self.policy = policy
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.host_reads = 0
+        self._flags: list[torch.Tensor | None] = [None, None]
+        self._events: list[torch.cuda.Event] = []
+        self._streams: list[torch.cuda.Stream] = []
+        self._last_stream: torch.cuda.Stream | None = None
+        if self.cuda and policy.lag is not None and policy.lag > 0:
+            self._flags = [torch.zeros((), dtype=torch.bool, pin_memory=True) for _ in range(2)]
+            self._events = [torch.cuda.Event() for _ in range(2)]  # type: ignore[no-untyped-call]
+        if self.cuda and policy.streams > 1:
+            origin = torch.cuda.current_stream(device)
+            self._streams = [torch.cuda.Stream(device=device) for _ in range(policy.streams)]  # type: ignore[no-untyped-call]
+            for stream in self._streams:
+                # Work queued before the loop (prompt copy, cache reset) must land first.
+                stream.wait_stream(origin)
+
+    @property
+    def note(self) -> str:
+        if self.policy.lag and not self.cuda:
+            return f"{self.device.type}: lagged stop check without CUDA streams"
+        if self._streams:
+            return f"cuda: {len(self._streams)} streams"
+        return ""
+
+    @contextlib.contextmanager
+    def launch(self, step: int) -> Iterator[None]:
+        """Run the body on this step's stream; a ping-pong stream first waits on the other one."""
+        if not self._streams:
+            yield
+            return
+        stream = self._streams[step % len(self._streams)]
+        previous = self._streams[(step - 1) % len(self._streams)]
+        # Token i needs token i-1 and the cache it wrote: order the streams on the device.
+        stream.wait_stream(previous)
+        # Every tensor the loop allocates on one stream is read by the next only after this
+        # wait, and a freed block is reused by its own stream only two steps later, after a
+        # wait on the stream in between: the caching allocator cannot hand out live memory.
+        with torch.cuda.stream(stream):
+            yield
+        self._last_stream = stream
+
+    def publish(self, step: int, all_finished: torch.Tensor) -> None:
+        """Take step ``step``'s all-finished flag (a 0-dim bool tensor on the device)."""
+        lag = self.policy.lag
+        if lag is None:
+            return
+        slot = step % 2
+        if lag == 0 or not self.cuda:
+            self._flags[slot] = all_finished
+            return
+        flag = self._flags[slot]
+        assert flag is not None
+        flag.copy_(all_finished, non_blocking=True)
+        self._events[slot].record()  # on the current (this step's) stream, after the copy
+
+    def should_stop(self, step: int) -> bool:
+        """After launching ``step``: has the flag the policy reads now said every row finished?"""
+        if self.policy.lag is None:
+            return False
+        read = self.policy.read_slot(step)
+        if read < 0:
+            return False
+        slot = read % 2
+        flag = self._flags[slot]
+        if flag is None:
+            return False
+        if self.cuda and self.policy.lag > 0:
+            self._events[slot].synchronize()  # the copy has landed in pinned memory
+        self.host_reads += 1
+        return bool(flag.item())
+
+    def finish(self) -> None:
+        """Join the side streams back into the current stream before anyone reads the result."""
+        if self._streams and self._last_stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._last_stream)
+
+
+STOP_POLICIES: dict[str, StopPolicy] = {}
+
+
+def register_stop_policy(policy: StopPolicy) -> StopPolicy:
+    STOP_POLICIES[policy.name] = policy
+    return policy
+
+
+def check_stream_mode(name: str) -> str:
+    """Validate a stream-mode name against the engine's policies and the generate() modes."""
+    return check_choice("stream mode", name, stream_mode_names())
+
+
+def get_stop_policy(name: str) -> StopPolicy:
+    if name in HF_MODES:
+        raise DecodePerfError(f"stream mode {name!r} is run by transformers' generate(), not the decode loop")
+    return STOP_POLICIES[check_stream_mode(name)]
+
+
+register_stop_policy(StopPolicy("baseline", 0, 1, "one stream, blocking stop check every step"))
+register_stop_policy(StopPolicy("deferred", 1, 1, "one stream, flag copied async and read one step late"))
+register_stop_policy(
+    StopPolicy("pipelined", 1, 2, "two CUDA streams ping-pong, step i-1's flag read after step i launches")
+)
+register_stop_policy(StopPolicy("nostop", None, 1, "no stop check: runs every step, the upper bound"))
+
+# Stream modes run by transformers' own generate() rather than by this package's loop.
+HF_MODES: dict[str, str] = {
+    "hf-generate": "transformers generate(), greedy, its default blocking StopCheck",
+    "hf-deferred": "transformers generate() with its DeferredStopCheck forced on (CUDA only)",
+}
+
+
+def stream_mode_names() -> list[str]:
+    return list(STOP_POLICIES) + list(HF_MODES)

@@ -1,0 +1,92 @@
+"""A variant: one point of the matrix (model x cache x stream mode x batch x length x stop)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from .caches import CACHES, get_cache
+from .errors import DecodePerfError, check_choice, check_positive
+from .models import DTYPES
+from .stops import HF_MODES, STOP_POLICIES, check_stream_mode
+from .workload import DEFAULT_PROMPT_LEN, STOPS
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile(value: object) -> bool | str:
+    """False, True, or a torch.compile mode name."""
+    if isinstance(value, bool) or value in COMPILE_MODES:
+        return value
+    raise DecodePerfError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    cache: str = "dynamic"
+    stream: str = "baseline"
+    batch_size: int = 1
+    new_tokens: int = 64
+    stop: str = "eos"
+    compile: bool | str = False  # True: torch.compile default mode; a str: that mode
+    dtype: str = "float32"
+    prompt_len: int = DEFAULT_PROMPT_LEN
+
+    @property
+    def id(self) -> str:
+        """Readable id, e.g. ``tiny-gpt2-static-pipelined-b8``."""
+        parts = [self.model, self.cache, self.stream, f"b{self.batch_size}"]
+        if self.compile:
+            parts.append("compiled" if self.compile is True else f"compiled-{self.compile}")
+        return "-".join(parts)
+
+    @property
+    def config_key(self) -> tuple[Any, ...]:
+        """Everything but the stream mode: variants with one key must give the same tokens."""
+        return (
+            self.model,
+            self.cache,
+            self.batch_size,
+            self.new_tokens,
+            self.stop,
+            self.compile,
+            self.dtype,
+            self.prompt_len,
+        )
+
+    def baseline(self) -> Variant:
+        return replace(self, stream="baseline")
+
+    @property
+    def is_hf(self) -> bool:
+        return self.stream in HF_MODES
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self, device: torch.device | str | None = None) -> Variant:
+        """Raise DecodePerfError naming the first bad field; return self when all are fine."""
+        check_choice("cache type", self.cache, CACHES)
+        check_stream_mode(self.stream)
+        check_choice("stop workload", self.stop, STOPS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_positive("batch size", self.batch_size)
+        check_positive("new tokens", self.new_tokens)
+        check_positive("prompt length", self.prompt_len)
+        check_compile(self.compile)
+        get_cache(self.cache)
+        if device is not None:
+            dev = torch.device(device)
+            if self.stream in STOP_POLICIES and not STOP_POLICIES[self.stream].supports(dev):
+                raise DecodePerfError(
+                    f"stream mode {self.stream!r} cannot run on device {dev.type!r}; it runs on cpu and cuda"
+                )
+            if self.stream == "hf-deferred" and dev.type != "cuda":
+                raise DecodePerfError(
+                    "stream mode 'hf-deferred' needs CUDA: transformers' DeferredStopCheck records "
+                    f"torch.Event on the device, which {dev.type!r} does not support"
+                )
+        return self

@@ -1,0 +1,92 @@
+"""The CUDA path: real streams, events, memory stats, profiler metrics. Runs only where CUDA is.
+
+CI has no GPU, so these are skipped there with a reason; on a GPU machine they are the proof
+that the ping-pong is correctly synchronized (parity with real stops on every cache type, batch
+sizes 1..64) and that the GPU-only metrics are measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pytest_decodeperf import Runner, Variant, build_model, check_parity, generate, make_workload
+from pytest_decodeperf.caches import CacheSlot, get_cache
+from pytest_decodeperf.stops import get_stop_policy
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+
+
+@pytest.fixture(scope="module")
+def cuda_model():  # type: ignore[no-untyped-def]
+    return build_model("tiny-gpt2", device="cuda")
+
+
+@pytest.mark.parametrize("cache", ["none", "dynamic", "static"])
+def test_pipelined_and_deferred_match_baseline_on_cuda_for_batch_1_to_64(cuda_model, cache: str) -> None:  # type: ignore[no-untyped-def]
+    for batch in (1, 2, 3, 5, 8, 13, 16, 31, 32, 33, 48, 63, 64):
+        w = make_workload(cuda_model, batch, 24, "eos", seed=batch)
+        outs = {}
+        for stream in ("baseline", "deferred", "pipelined", "nostop"):
+            slot = CacheSlot(get_cache(cache), cuda_model, batch, w.prompts.shape[1] + 24)
+            with torch.inference_mode():
+                outs[stream] = generate(cuda_model, w.prompts, 24, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+        assert outs["baseline"].new_tokens < 24  # a real stop
+        assert outs["pipelined"].note == "cuda: 2 streams"
+        for stream in ("deferred", "pipelined", "nostop"):
+            report = check_parity(
+                outs["baseline"].generated, outs[stream].generated, w.eos_ids, f"{cache}-{stream}-b{batch}"
+            )
+            assert report.ok, str(report)
+
+
+def test_cuda_results_carry_event_timings_memory_and_profiler_metrics(cuda_model) -> None:  # type: ignore[no-untyped-def]
+    runner = Runner("cuda", rounds=3, warmup=1)
+    base = runner.run(Variant("tiny-gpt2", "static", "baseline", 1, 64, stop="none"), cuda_model).record()
+    piped = runner.run(Variant("tiny-gpt2", "static", "pipelined", 1, 64, stop="none"), cuda_model).record()
+    for rec in (base, piped):
+        assert rec["peak_allocated_bytes"] and rec["peak_reserved_bytes"]
+        assert rec["peak_reserved_bytes"] >= rec["peak_allocated_bytes"]
+        assert rec["prefill_ms"] is not None and 0 < rec["prefill_ms"] < 1e3 * min(rec["samples_s"])
+        assert rec["gpu_idle_fraction"] is not None and rec["syncs_per_token"] is not None
+    assert base["syncs_per_token"] >= 0.9  # one blocking read of the flag per token
+    assert piped["parity"] == "pass"
+
+
+def test_hf_deferred_stop_check_matches_baseline_on_cuda(cuda_model) -> None:  # type: ignore[no-untyped-def]
+    runner = Runner("cuda", rounds=2, warmup=1)
+    rec = runner.run(Variant("tiny-gpt2", "dynamic", "hf-deferred", 4, 32), cuda_model).record()
+    assert rec["parity"] == "pass"
+
+
+def test_expandable_segments_run_in_their_own_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "x.json"
+    env = {**os.environ, "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest_decodeperf",
+        "--device",
+        "cuda",
+        "--caches",
+        "dynamic",
+        "--streams",
+        "baseline",
+        "--batch-sizes",
+        "8",
+        "--new-tokens",
+        "32",
+        "--rounds",
+        "2",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = json.loads(out.read_text())["results"]
+    assert rec["peak_reserved_bytes"] > 0

@@ -1,0 +1,136 @@
+"""Measurement: warmup apart, per-round samples, prefill apart from decode, one record schema."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from engine_fixtures import tiny_model  # noqa: F401
+from transformers import PreTrainedModel
+
+from pytest_decodeperf import DecodePerfError, Runner, Variant
+from pytest_decodeperf.instrument import Tracer, parse_profile_steps
+from pytest_decodeperf.records import ResultRecord
+
+
+def test_a_variant_keeps_warmup_apart_and_one_sample_per_round(tiny_model: PreTrainedModel) -> None:
+    runner = Runner("cpu", rounds=4, warmup=2)
+    result = runner.run(Variant("tiny-gpt2", "static", "pipelined", 2, 16), model=tiny_model)
+    rec = result.record("t::x")
+    assert len(rec["warmup_s"]) == 2
+    assert rec["rounds"] == len(rec["samples_s"]) == len(rec["samples_ms_per_token"]) == 4
+    assert len(rec["samples_prefill_ms"]) == 4
+    for total, prefill in zip(rec["samples_s"], rec["samples_prefill_ms"], strict=True):
+        assert 0 < prefill / 1e3 < total
+    assert rec["parity"] == "pass"
+    assert rec["steps"] == rec["generated_tokens"] + 1 and rec["extra_steps"] == 1
+    assert rec["peak_allocated_bytes"] is None  # CUDA only
+    assert set(rec) == set(ResultRecord.__annotations__)
+
+
+def test_tokens_per_second_is_the_median_of_per_round_rates(tiny_model: PreTrainedModel) -> None:
+    result = Runner("cpu", rounds=5, warmup=0).run(Variant("tiny-gpt2", "dynamic", "baseline", 3, 16), tiny_model)
+    rec = result.record()
+    rates = sorted(3 * rec["generated_tokens"] / s for s in rec["samples_s"])
+    assert rec["tokens_per_s"] == pytest.approx(rates[2])
+    assert rec["parity"] == "n/a"
+
+
+def test_extra_work_per_step_shows_as_slower_ms_per_token(tiny_model: PreTrainedModel) -> None:
+    """Not a speed target: the measurement must see 5 ms of sleep added to every forward."""
+    import time
+
+    runner = Runner("cpu", rounds=3, warmup=1)
+    variant = Variant("tiny-gpt2", "dynamic", "baseline", 1, 8, stop="none")
+    fast = runner.run(variant, tiny_model).record()
+    handle = tiny_model.register_forward_hook(lambda *_: time.sleep(0.005))
+    try:
+        slow = runner.run(variant, tiny_model).record()
+    finally:
+        handle.remove()
+    assert slow["ms_per_token"] - fast["ms_per_token"] >= 4.0
+
+
+def test_hf_deferred_is_refused_on_cpu_with_the_reason() -> None:
+    with pytest.raises(DecodePerfError, match="'hf-deferred' needs CUDA"):
+        Variant("tiny-gpt2", stream="hf-deferred").validate("cpu")
+
+
+def test_nvtx_ranges_are_usable_and_the_capture_window_needs_cuda() -> None:
+    tracer = Tracer(nvtx=True)
+    with tracer.range("step 0"):
+        pass
+    with pytest.raises(DecodePerfError, match="needs CUDA"):
+        Tracer(profile_steps=(1, 3), device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("5:2", "START < STOP"),
+        ("a:b", "START:STOP"),
+        ("1:100", "ends after the run's last step"),
+    ],
+)
+def test_bad_profile_windows_are_named(text: str, message: str) -> None:
+    with pytest.raises(DecodePerfError, match=message):
+        parse_profile_steps(text, new_tokens=64)
+
+
+def test_the_engine_cli_prints_the_variant_table() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_decodeperf",
+            "--device",
+            "cpu",
+            "--caches",
+            "dynamic,static",
+            "--streams",
+            "baseline,pipelined",
+            "--batch-sizes",
+            "2",
+            "--new-tokens",
+            "12",
+            "--rounds",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "vs baseline" in out.stdout
+    assert out.stdout.count("tiny-gpt2") == 4
+    assert "pass" in out.stdout
+
+
+def test_the_engine_cli_reports_bad_input_in_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_decodeperf", "--caches", "paged"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: unknown cache type 'paged'; choose from: dynamic, none, static"
+
+
+def test_a_compiled_variant_keeps_its_compile_round_apart_and_counts_graphs(tiny_model: PreTrainedModel) -> None:
+    runner = Runner("cpu", rounds=2, warmup=1)
+    rec = runner.run(Variant("tiny-gpt2", "static", "pipelined", 1, 16, compile=True), tiny_model).record()
+    assert rec["parity"] == "pass"
+    assert rec["compiled_graphs"] is not None and rec["compiled_graphs"] >= 1
+    assert rec["graph_breaks"] is not None
+    # The compile round is kept apart; warmup goes on while rounds still compile graphs.
+    assert len(rec["warmup_s"]) >= 1 and rec["warmup_s"][0] > max(rec["samples_s"])
+
+
+def test_an_unknown_compile_mode_is_refused() -> None:
+    with pytest.raises(DecodePerfError, match="compile must be True, False or one of default, reduce-overhead"):
+        Variant("tiny-gpt2", compile="ludicrous").validate()
