@@ -1,0 +1,1 @@
+"""The decode suite's defaults; every value can be overridden on the command line."""

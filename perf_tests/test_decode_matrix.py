@@ -1,0 +1,42 @@
+"""The seed article's matrix on the device's default model (tiny-gpt2 on CPU, GPT-2 small on CUDA).
+
+Run with ``pytest perf_tests --decodeperf``; narrow with ``--decodeperf-caches`` etc.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_decodeperf import VariantResult
+
+STREAMS = ("baseline", "deferred", "pipelined", "nostop")
+
+
+@pytest.mark.decode_perf(cache=("none", "dynamic", "static"), stream=STREAMS, batch_size=(1, 8, 32), new_tokens=64)
+def test_cache_by_stream_mode(decode_result: VariantResult) -> None:
+    """Naive / dynamic / static cache x the four stream modes, with real EOS stops."""
+    out = decode_result.output
+    assert 0 < out.new_tokens <= 64
+    if decode_result.variant.stream in ("deferred", "pipelined") and out.new_tokens < 64:
+        assert out.extra_steps == 1  # the lagged look-ahead step is counted, and trimmed
+
+
+@pytest.mark.decode_perf(
+    cache=("dynamic", "static"), stream=("baseline", "pipelined", "nostop"), batch_size=1, new_tokens=64, stop="none"
+)
+def test_stream_overhead_without_stops(decode_result: VariantResult) -> None:
+    """Pipelined vs no stop check at all, every row running to the limit: the streams' own cost."""
+    assert decode_result.output.new_tokens == 64
+
+
+@pytest.mark.decode_perf(cache="static", stream=("baseline", "pipelined"), batch_size=1, new_tokens=64, compile=True)
+def test_compiled_static_cache(decode_result: VariantResult) -> None:
+    """torch.compile on the static cache; the compile round is reported apart (warmup_s)."""
+    assert decode_result.measurement.warmup_s, "the compile round must be kept apart from the timed rounds"
+
+
+@pytest.mark.decode_perf(
+    cache=("dynamic", "static"), stream=("baseline", "hf-generate"), batch_size=(1, 8), new_tokens=64
+)
+def test_transformers_generate_against_the_engine(decode_result: VariantResult) -> None:
+    """transformers' generate() measured the same way, and held to the engine baseline's tokens."""

@@ -1,0 +1,105 @@
+"""The ``decode_perf`` marker: its signature, validation, and the variant matrix it expands to."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .caches import CACHES
+from .errors import DecodePerfError, check_choice, check_positive
+from .models import MODELS
+from .stops import stream_mode_names
+from .variants import Variant, check_compile
+from .workload import STOPS
+
+
+def decode_perf(
+    models: str | Sequence[str] | None = None,
+    cache: str | Sequence[str] = ("dynamic",),
+    stream: str | Sequence[str] = ("baseline", "pipelined"),
+    batch_size: int | Sequence[int] = (1,),
+    new_tokens: int | Sequence[int] = 64,
+    stop: str | Sequence[str] = "eos",
+    parity: bool = True,
+    compile: bool | str | Sequence[bool | str] = False,
+) -> None:
+    """Signature of the marker (never called): each keyword takes one value or a sequence."""
+
+
+SIGNATURE = inspect.signature(decode_perf)
+MARKER_DOC = (
+    "decode_perf(models=None, cache=('dynamic',), stream=('baseline', 'pipelined'), batch_size=(1,), "
+    "new_tokens=64, stop='eos', parity=True, compile=False): measure token generation for each "
+    "combination of the given values (models=None: the device's default model) and check that every "
+    "stream mode returns exactly the baseline's tokens. Runs only with --decodeperf."
+)
+
+
+def _seq(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, (str, bytes, int, bool)) or value is None:
+        return (value,)
+    if isinstance(value, Iterable):
+        return tuple(value)
+    return (value,)
+
+
+def parse_marker(
+    args: tuple[Any, ...], kwargs: dict[str, Any], default_model: str, custom_model: bool
+) -> tuple[list[Variant], bool]:
+    """Validate the marker's arguments; return its variants and whether parity is checked.
+
+    ``custom_model``: the ``decode_model`` fixture is overridden, so model names are the user's labels.
+    """
+    if args:
+        raise DecodePerfError(f"decode_perf takes keyword arguments only, got positional {args!r}")
+    unknown = sorted(set(kwargs) - set(SIGNATURE.parameters))
+    if unknown:
+        raise DecodePerfError(
+            f"unknown decode_perf keyword(s) {', '.join(map(repr, unknown))}; allowed: "
+            + ", ".join(SIGNATURE.parameters)
+        )
+    bound = SIGNATURE.bind(**kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    models = _seq(a["models"]) if a["models"] is not None else (default_model,)
+    for model in models:
+        if not isinstance(model, str) or not model:
+            raise DecodePerfError(f"decode_perf models must be names, got {model!r}")
+        if not custom_model:
+            check_choice("model", model, MODELS)
+    caches = tuple(check_choice("cache type", c, CACHES) for c in _seq(a["cache"]))
+    streams = tuple(check_choice("stream mode", s, stream_mode_names()) for s in _seq(a["stream"]))
+    batches = tuple(check_positive("batch_size", b) for b in _seq(a["batch_size"]))
+    lengths = tuple(check_positive("new_tokens", n) for n in _seq(a["new_tokens"]))
+    stops = tuple(check_choice("stop", s, STOPS) for s in _seq(a["stop"]))
+    compiles = tuple(check_compile(value) for value in _seq(a["compile"]))
+    if not isinstance(a["parity"], bool):
+        raise DecodePerfError(f"decode_perf parity must be True or False, got {a['parity']!r}")
+    for name, values in (
+        ("models", models),
+        ("cache", caches),
+        ("stream", streams),
+        ("batch_size", batches),
+        ("new_tokens", lengths),
+        ("stop", stops),
+        ("compile", compiles),
+    ):
+        if not values:
+            raise DecodePerfError(f"decode_perf {name} is empty")
+    variants = [
+        Variant(model=m, cache=c, stream=s, batch_size=b, new_tokens=n, stop=st, compile=co)
+        for m, c, co, b, n, st, s in itertools.product(models, caches, compiles, batches, lengths, stops, streams)
+    ]
+    return variants, a["parity"]
+
+
+def variant_id(variant: Variant, vary_length: bool, vary_stop: bool) -> str:
+    """The test id: ``tiny-gpt2-static-pipelined-b8``, with length/stop only when they vary."""
+    parts = [variant.id]
+    if vary_length:
+        parts.append(f"n{variant.new_tokens}")
+    if vary_stop:
+        parts.append(f"stop-{variant.stop}")
+    return "-".join(parts)

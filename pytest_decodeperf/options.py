@@ -1,0 +1,315 @@
+"""Command-line options, their ini twins, and how a value is resolved and checked.
+
+Every ``--decodeperf-X`` flag has an ini key ``decodeperf_X`` with the same help text and an
+environment variable ``DECODEPERF_X``. A value comes from the command line, else the
+environment, else the ini file, else the default; a bad one is reported with where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .caches import CACHES
+from .errors import DecodePerfError, check_choice
+from .instrument import parse_profile_steps
+from .stops import stream_mode_names
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+def _names(what: str, allowed: Callable[[], Any]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        values = _csv(text)
+        if not values:
+            raise DecodePerfError(f"empty {what} list")
+        for value in values:
+            check_choice(what, value, allowed())
+        return values
+
+    return parse
+
+
+def _int(what: str, minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise DecodePerfError(f"{what} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise DecodePerfError(f"{what} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _labels(what: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        values = _csv(text)
+        if not values:
+            raise DecodePerfError(f"empty {what} list")
+        return values
+
+    return parse
+
+
+def _ints(what: str) -> Callable[[str], tuple[int, ...]]:
+    one = _int(what, 1)
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = _csv(text)
+        if not values:
+            raise DecodePerfError(f"empty {what} list")
+        return tuple(one(v) for v in values)
+
+    return parse
+
+
+def _bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise DecodePerfError(f"expected true or false, got {text!r}")
+
+
+def _writable_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise DecodePerfError(f"directory {str(parent)!r} does not exist (for {str(path)!r})")
+    if not os.access(parent, os.W_OK):
+        raise DecodePerfError(f"directory {str(parent)!r} is not writable (for {str(path)!r})")
+    return path
+
+
+def _dir(text: str) -> Path:
+    return check_writable_dir(Path(text).expanduser())
+
+
+def check_writable_dir(path: Path) -> Path:
+    """A directory that exists and is writable, or can be made in an existing writable parent."""
+    if path.exists() and not path.is_dir():
+        raise DecodePerfError(f"{str(path)!r} exists and is not a directory")
+    probe = path if path.exists() else path.parent
+    if not probe.is_dir():
+        raise DecodePerfError(f"directory {str(probe)!r} does not exist (for {str(path)!r})")
+    if not os.access(probe, os.W_OK):
+        raise DecodePerfError(f"directory {str(probe)!r} is not writable (for {str(path)!r})")
+    return path
+
+
+def _profile(text: str) -> tuple[int, int]:
+    return parse_profile_steps(text)
+
+
+def _pct(text: str) -> float:
+    try:
+        value = float(str(text).rstrip("%"))
+    except ValueError:
+        raise DecodePerfError(f"expected a percentage such as 5 or 5%, got {text!r}") from None
+    if not 0 <= value < 1000:
+        raise DecodePerfError(f"percentage must be between 0 and 1000, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str  # flag suffix: --decodeperf-<name>
+    help: str
+    parse: Callable[[Any], Any]
+    default: Any = None
+    metavar: str | None = None
+    flag: bool = False  # store_true on the command line
+    optional_value: bool = False  # --x or --x=VALUE
+    const: str = ""
+
+    @property
+    def dest(self) -> str:
+        return "decodeperf_" + self.name.replace("-", "_") if self.name else "decodeperf"
+
+    @property
+    def flag_name(self) -> str:
+        return "--decodeperf" + (f"-{self.name}" if self.name else "")
+
+    @property
+    def env(self) -> str:
+        return self.dest.upper()
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("", "run tests marked decode_perf (they are skipped without it)", _bool, False, flag=True),
+    OptionSpec(
+        "device",
+        "device to decode on: auto (cuda when available), cpu or cuda",
+        lambda t: check_choice("device", str(t).strip(), ("auto", "cpu", "cuda")),
+        "auto",
+        metavar="{auto,cpu,cuda}",
+    ),
+    OptionSpec(
+        "models",
+        "comma list of models that narrows the marker's matrix",
+        _labels("model"),
+        None,
+        metavar="NAMES",
+    ),
+    OptionSpec(
+        "caches",
+        "comma list of cache types that narrows the marker's matrix",
+        _names("cache type", lambda: CACHES),
+        None,
+        metavar="NAMES",
+    ),
+    OptionSpec(
+        "streams",
+        "comma list of stream modes that narrows the marker's matrix",
+        _names("stream mode", stream_mode_names),
+        None,
+        metavar="NAMES",
+    ),
+    OptionSpec(
+        "batch-sizes",
+        "comma list of batch sizes that narrows the marker's matrix",
+        _ints("batch size"),
+        None,
+        metavar="N,N",
+    ),
+    OptionSpec(
+        "new-tokens",
+        "max new tokens per row, overriding the marker's new_tokens",
+        _int("new tokens", 1),
+        None,
+        metavar="N",
+    ),
+    OptionSpec("rounds", "timed rounds per variant (default 5)", _int("rounds", 1), 5, metavar="N"),
+    OptionSpec("warmup", "warmup rounds per variant, timed apart (default 1)", _int("warmup", 0), 1, metavar="N"),
+    OptionSpec("json", "write the results as JSON to PATH", _writable_file, None, metavar="PATH"),
+    OptionSpec("nvtx", "annotate steps, forwards and stop checks with NVTX ranges", _bool, False, flag=True),
+    OptionSpec(
+        "profile-steps",
+        "open a cudaProfilerApi capture window over decode steps START:STOP "
+        "(for nsys profile --capture-range=cudaProfilerApi; CUDA only)",
+        _profile,
+        None,
+        metavar="START:STOP",
+    ),
+    OptionSpec(
+        "asv",
+        "record the results in asv history (the results_dir of asv.conf.json, or PATH)",
+        lambda t: str(t),
+        None,
+        metavar="PATH",
+        optional_value=True,
+        const="",
+    ),
+    OptionSpec(
+        "asv-config",
+        "asv.conf.json to read the results directory from (default ./asv.conf.json)",
+        lambda t: Path(str(t)),
+        Path("asv.conf.json"),
+        metavar="PATH",
+    ),
+    OptionSpec(
+        "compare",
+        "compare with asv history: REF is a commit, default the latest earlier one",
+        lambda t: str(t),
+        None,
+        metavar="REF",
+        optional_value=True,
+        const="latest",
+    ),
+    OptionSpec(
+        "fail-on-regression",
+        "with --decodeperf-compare: fail when a metric is significantly worse by more than PCT percent (default 5)",
+        _pct,
+        5.0,
+        metavar="PCT",
+    ),
+    OptionSpec("plot", "write PNG plots of the results into DIR (needs matplotlib)", _dir, None, metavar="DIR"),
+    OptionSpec("share-gpu", "with pytest-xdist: allow more workers than GPUs (they share GPUs and disturb timings)",
+               _bool, False, flag=True),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("decodeperf", "decode performance (pytest-decodeperf)")
+    for spec in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": spec.dest, "default": None, "help": spec.help}
+        if spec.flag:
+            kwargs["action"] = "store_true"
+        elif spec.optional_value:
+            kwargs.update(nargs="?", const=spec.const, metavar=spec.metavar)
+        else:
+            kwargs["metavar"] = spec.metavar
+        group.addoption(spec.flag_name, **kwargs)
+        parser.addini(spec.dest, spec.help, type="string", default=None)
+
+
+def source_of(config: pytest.Config, name: str) -> str:
+    """Where option ``name`` (a flag suffix such as ``device``) took its value from."""
+    spec = next(s for s in OPTIONS if s.name == name)
+    if config.getoption(spec.dest) not in (None, False):
+        return f"command line {spec.flag_name}"
+    if os.environ.get(spec.env) is not None:
+        return f"environment variable {spec.env}"
+    if config.getini(spec.dest) not in (None, ""):
+        return f"{spec.dest} in {config.inipath.name if config.inipath else 'ini file'}"
+    return "the default"
+
+
+def resolve(config: pytest.Config, spec: OptionSpec) -> Any:
+    """The option's value: command line, else environment, else ini, else default; checked."""
+    raw: Any = config.getoption(spec.dest)
+    if spec.flag and raw is False:
+        raw = None
+    source = f"command line {spec.flag_name}"
+    if raw is None and os.environ.get(spec.env) is not None:
+        raw, source = os.environ[spec.env], f"environment variable {spec.env}"
+    if raw is None:
+        ini = config.getini(spec.dest)
+        if ini not in (None, ""):
+            where = config.inipath.name if config.inipath else "ini file"
+            raw, source = ini, f"{spec.dest} in {where}"
+    if raw is None:
+        return spec.default
+    try:
+        return spec.parse(raw)
+    except DecodePerfError as exc:
+        raise pytest.UsageError(f"pytest-decodeperf: {exc} (from {source})") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool
+    device: str
+    models: tuple[str, ...] | None
+    caches: tuple[str, ...] | None
+    streams: tuple[str, ...] | None
+    batch_sizes: tuple[int, ...] | None
+    new_tokens: int | None
+    rounds: int
+    warmup: int
+    json: Path | None
+    nvtx: bool
+    profile_steps: tuple[int, int] | None
+    asv: str | None
+    asv_config: Path
+    compare: str | None
+    fail_on_regression: float
+    plot: Path | None
+    share_gpu: bool
+
+
+def load_settings(config: pytest.Config) -> Settings:
+    values = {(spec.name.replace("-", "_") or "enabled"): resolve(config, spec) for spec in OPTIONS}
+    return Settings(**values)

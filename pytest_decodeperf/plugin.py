@@ -1,0 +1,278 @@
+"""pytest hooks and fixtures: a thin layer over the engine (see ``runner.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+from transformers import PreTrainedModel
+
+from .errors import DecodePerfError
+from .marker import MARKER_DOC, parse_marker, variant_id
+from .models import default_model_name
+from .options import Settings, add_options, load_settings, source_of
+from .plots import MISSING_MATPLOTLIB, write_plots
+from .records import ResultRecord
+from .runner import VariantResult
+from .session import DecodePerfSession, ItemOutcome
+from .variants import Variant
+from .xdist_support import RECORDS_KEY, assign_gpu, pin_worker_gpu
+
+SESSION_KEY = pytest.StashKey[DecodePerfSession]()
+SKIP_REASON = "decode perf tests need --decodeperf"
+MARKER = "decode_perf"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_DOC)
+    pin_worker_gpu(config)
+    settings = load_settings(config)
+    session = DecodePerfSession(settings)
+    if settings.enabled:
+        try:
+            session.device  # noqa: B018 - resolve now: --decodeperf-device=cuda without CUDA is a usage error
+        except DecodePerfError as exc:
+            raise pytest.UsageError(f"pytest-decodeperf: {exc} (from {source_of(config, 'device')})") from None
+        if settings.plot is not None:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise pytest.UsageError(f"pytest-decodeperf: {MISSING_MATPLOTLIB}") from None
+        if settings.asv is not None or settings.compare is not None:
+            try:
+                results_dir = session.asv_results_dir()
+                if settings.asv:  # an explicit PATH must be (or go) in an existing writable directory
+                    from .options import check_writable_dir
+
+                    check_writable_dir(results_dir)
+            except DecodePerfError as exc:
+                raise pytest.UsageError(f"pytest-decodeperf: {exc}") from None
+        if settings.profile_steps is not None and session.device.type != "cuda":
+            raise pytest.UsageError(
+                "pytest-decodeperf: --decodeperf-profile-steps needs CUDA (cudaProfilerApi); this run is on "
+                f"{session.device.type}"
+            )
+    config.stash[SESSION_KEY] = session
+
+
+def _session(config: pytest.Config) -> DecodePerfSession:
+    return config.stash[SESSION_KEY]
+
+
+def _default_model(settings: Settings) -> str:
+    try:
+        from .machine import resolve_device
+
+        return default_model_name(resolve_device(settings.device))
+    except DecodePerfError:
+        return default_model_name("cpu")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker(MARKER)
+    if marker is None:
+        return
+    settings = _session(metafunc.config).settings
+    fixturedefs = metafunc.definition.session._fixturemanager.getfixturedefs("decode_model", metafunc.definition) or ()
+    custom_model = bool(fixturedefs) and fixturedefs[-1].func is not decode_model.__wrapped__  # type: ignore[attr-defined]
+    try:
+        variants, parity = parse_marker(marker.args, dict(marker.kwargs), _default_model(settings), custom_model)
+    except DecodePerfError as exc:
+        raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: {exc}") from None
+    if settings.new_tokens is not None:
+        variants = list(dict.fromkeys(_with_length(v, settings.new_tokens) for v in variants))
+    vary_length = len({v.new_tokens for v in variants}) > 1
+    vary_stop = len({v.stop for v in variants}) > 1
+    params = [pytest.param((v, parity), id=variant_id(v, vary_length, vary_stop)) for v in variants]
+    metafunc.parametrize("_decodeperf_param", params)
+
+
+def _with_length(variant: Variant, new_tokens: int) -> Variant:
+    from dataclasses import replace
+
+    return replace(variant, new_tokens=new_tokens)
+
+
+def _narrowed_out(variant: Variant, settings: Settings) -> bool:
+    return bool(
+        (settings.models and variant.model not in settings.models)
+        or (settings.caches and variant.cache not in settings.caches)
+        or (settings.streams and variant.stream not in settings.streams)
+        or (settings.batch_sizes and variant.batch_size not in settings.batch_sizes)
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's, which skips items not using its fixture
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = _session(config).settings
+    bs = getattr(config, "_benchmarksession", None)
+    feeds_benchmark = settings.enabled and bs is not None and not bs.disabled
+    keep: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        param = _item_param(item)
+        if param is not None and _narrowed_out(param[0], settings):
+            deselected.append(item)
+            continue
+        if item.get_closest_marker(MARKER) is not None and not settings.enabled:
+            item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+        names = getattr(item, "fixturenames", None)
+        if feeds_benchmark and param is not None and isinstance(names, list) and "benchmark" not in names:
+            names.append("benchmark")  # its rounds feed pytest-benchmark: it is a benchmark
+        keep.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = keep
+
+
+def _item_param(item: pytest.Item) -> tuple[Variant, bool] | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    value = callspec.params.get("_decodeperf_param")
+    return value if isinstance(value, tuple) else None
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def _decodeperf_param() -> tuple[Variant, bool] | None:
+    """Replaced by the marker's parametrization; None on unmarked tests."""
+    return None
+
+
+def _param_or_fail(param: tuple[Variant, bool] | None) -> tuple[Variant, bool]:
+    if param is None:
+        pytest.fail("decode perf fixtures need the @pytest.mark.decode_perf marker on the test", pytrace=False)
+    return param
+
+
+@pytest.fixture
+def decode_variant(_decodeperf_param: tuple[Variant, bool] | None) -> Variant:
+    """The variant (model, cache, stream mode, batch, length, stop, compile) of this item."""
+    return _param_or_fail(_decodeperf_param)[0]
+
+
+@pytest.fixture
+def cache_type(decode_variant: Variant) -> str:
+    """The KV-cache type of this item: none, dynamic, static, ..."""
+    return decode_variant.cache
+
+
+@pytest.fixture
+def stream_mode(decode_variant: Variant) -> str:
+    """The stream mode (stop policy) of this item: baseline, pipelined, deferred, nostop, ..."""
+    return decode_variant.stream
+
+
+@pytest.fixture
+def decode_model(request: pytest.FixtureRequest, decode_variant: Variant) -> PreTrainedModel:
+    """The model for this item's ``models`` value; override it in conftest.py to measure your own."""
+    return _session(request.config).runner.model(decode_variant.model, decode_variant.dtype)
+
+
+@pytest.fixture
+def decode_result(
+    request: pytest.FixtureRequest, _decodeperf_param: tuple[Variant, bool] | None, decode_model: PreTrainedModel
+) -> VariantResult | None:
+    """The measured result of this item: tokens, metrics, parity verdict."""
+    session = _session(request.config)
+    variant, parity = _param_or_fail(_decodeperf_param)
+    outcome = ItemOutcome(variant, parity)
+    session.run_item(request.node.nodeid, outcome, decode_model)
+    if outcome.result is not None:
+        _feed_pytest_benchmark(request, outcome.result, session.records[-1])
+    return outcome.result
+
+
+@pytest.fixture(autouse=True)
+def _decodeperf_autorun(request: pytest.FixtureRequest, _decodeperf_param: tuple[Variant, bool] | None) -> None:
+    """Run the variant of every marked item, so a test body may be empty."""
+    if _decodeperf_param is not None:
+        request.getfixturevalue("decode_result")
+
+
+def _feed_pytest_benchmark(request: pytest.FixtureRequest, result: VariantResult, record: ResultRecord) -> None:
+    """Hand the rounds already measured to pytest-benchmark (no second run), when it is on."""
+    bs = getattr(request.config, "_benchmarksession", None)
+    if bs is None or bs.disabled or bs.skip:
+        return
+    bench = request.getfixturevalue("benchmark")
+    bench._mode = "pytest-decodeperf"  # the fixture allows one use; this is it
+    v = result.variant
+    bench.group = f"{v.model}-{v.cache}-b{v.batch_size}-n{v.new_tokens}"
+    stats = bench._make_stats(1)
+    for seconds in record["samples_s"]:
+        stats.update(seconds)
+    bench.extra_info.update({k: val for k, val in record.items() if not k.startswith("samples")})
+
+
+# --- outcome, reports -------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    outcome = _session(item.config).outcomes.get(item.nodeid)
+    if outcome is not None and outcome.error is not None:
+        pytest.fail(outcome.error, pytrace=False)
+    result = yield
+    if outcome is not None and outcome.result is not None and outcome.result.parity is not None:
+        if not outcome.result.parity.ok:
+            pytest.fail(str(outcome.result.parity), pytrace=False)
+    return result
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = _session(config)
+    if not session.records:
+        return
+    terminalreporter.write_sep("=", "decode perf")
+    terminalreporter.write_line(session.summary())
+    for message in session.messages:
+        terminalreporter.write_line(message)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    dp = _session(config)
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand records to the controller
+        workeroutput[RECORDS_KEY] = json.dumps(dp.records)
+        return
+    if not dp.records:
+        return
+    if dp.settings.json is not None:
+        dp.write_json(dp.settings.json)
+        dp.messages.append(f"decode perf results written to {dp.settings.json}")
+    if dp.settings.asv is not None or dp.settings.compare is not None:
+        try:
+            if not dp.history(config.rootpath):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        except DecodePerfError as exc:
+            dp.messages.append(f"decode perf: asv history: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if dp.settings.plot is not None:
+        dp.settings.plot.mkdir(parents=True, exist_ok=True)
+        for path in write_plots(dp.records, dp.settings.plot):
+            dp.messages.append(f"decode perf plot written to {path}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    settings = _session(node.config).settings
+    if settings.enabled:
+        assign_gpu(node, settings.share_gpu, settings.device in ("auto", "cuda"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    records = getattr(node, "workeroutput", {}).get(RECORDS_KEY)
+    if records:
+        _session(node.config).add_records(json.loads(records))

@@ -1,0 +1,257 @@
+"""The regression gate: this run against asv history for this machine, judged as ``asv compare`` judges.
+
+The verdict uses asv's own comparison (``asv.commands.compare._is_result_better``: Mann-Whitney on
+the samples when there are enough of them, else non-overlapping 99% confidence intervals), so the
+gate and ``asv compare --factor`` never disagree. A difference beyond ``fail_pct`` that the
+statistics cannot tell from noise is shown as "~" and never fails a run: CPU timings swing by tens
+of percent, and a gate that fails on noise gets switched off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from asv import util as asv_util
+from asv.commands.compare import _is_result_better
+from asv.plugins.git import Git
+from asv_runner.statistics import get_err
+
+from .asv_history import (
+    PREFIX,
+    Point,
+    commit_date_ms,
+    env_name,
+    git,
+    known_definitions,
+    load_results,
+    machine_name,
+    plan,
+)
+from .errors import DecodePerfError
+from .records import ResultRecord
+
+MARKS = {"+": "worsened", "-": "improved", "~": "changed, but not significantly", " ": "unchanged"}
+
+
+@dataclass(frozen=True)
+class Row:
+    benchmark: str
+    params: dict[str, str]  # param name -> asv's repr string
+    unit: str
+    old: float | None  # None: no earlier value to compare with (see note)
+    new: float
+    ratio: float | None  # new / old; above 1 is worse
+    mark: str  # "+" worse, "-" better, "~" beyond fail_pct but insignificant, " " unchanged or not compared
+    old_err: float | None = None  # half the interquartile range, as asv shows it
+    new_err: float | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name ``asv compare`` prints: ``benchmark(param, ...)``."""
+        return f"{self.benchmark}({', '.join(self.params.values())})" if self.params else self.benchmark
+
+
+@dataclass
+class Comparison:
+    machine: str
+    env: str | None
+    ref: str | None  # the commit compared with; None when there was none (see problem)
+    current: str | None
+    fail_pct: float
+    rows: list[Row] = field(default_factory=list)
+    problem: str | None = None  # why nothing was compared; a report, not a failure
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [r for r in self.rows if r.mark == "+"]
+
+    @property
+    def improvements(self) -> list[Row]:
+        return [r for r in self.rows if r.mark == "-"]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions)
+
+
+def _history(results_dir: Path, machine: str, env: str, warnings: list[str]) -> dict[str, Any]:
+    """This machine's results files for ``env``, by commit; an unreadable one is a warning, not a verdict."""
+    found: dict[str, Any] = {}
+    for path in sorted((results_dir / machine).glob(f"*-{env}.json")):
+        try:
+            res = load_results(path, machine)
+        except DecodePerfError as exc:
+            warnings.append(f"skipped {exc}")
+            continue
+        found[res.commit_hash] = res
+    return found
+
+
+def _order(commits: Sequence[str], dates: dict[str, float], repo_dir: str | Path | None) -> dict[str, float]:
+    """asv's commit order (``git rev-list --all --date-order``), else the commit dates in the result files."""
+    top = git(repo_dir, "rev-parse", "--show-toplevel") if repo_dir is not None else None
+    if top is not None:  # asv's Git clones what is not a local repository: give it only the top of one
+        try:
+            revisions: dict[str, int] = Git(top, top).get_revisions(set(commits))
+        except (asv_util.UserError, asv_util.ProcessError, OSError):
+            revisions = {}
+        if all(c in revisions for c in commits):
+            return {c: float(revisions[c]) for c in commits}
+    return {c: dates.get(c, math.inf) for c in commits}
+
+
+def find_ref(
+    history: dict[str, Any], ref: str | None, current: str | None, repo_dir: str | Path | None
+) -> tuple[str | None, str | None]:
+    """The commit to compare with, or None and why: ``ref`` by hash prefix, else the latest before ``current``.
+
+    ``ref`` "latest" (or empty) is the default, what ``--decodeperf-compare`` without a value gives.
+    """
+    if not history:
+        return None, "no results for this machine yet"
+    if ref is not None and ref not in ("", "latest"):
+        matches = [c for c in history if c.startswith(ref.lower())]
+        if not matches and repo_dir is not None:  # a branch or tag name: resolve it in the repository
+            full = git(repo_dir, "rev-parse", "--verify", f"{ref}^{{commit}}")
+            matches = [c for c in history if full and c == full]
+        if len(matches) > 1:
+            raise DecodePerfError(f"commit {ref!r} is ambiguous in asv history: {', '.join(sorted(matches))}")
+        return (matches[0], None) if matches else (None, f"no results for commit {ref!r}")
+    dates = {c: float(res.date or 0) for c, res in history.items()}
+    if current is not None and current not in dates:
+        dates[current] = float(commit_date_ms(repo_dir, current) or math.inf)
+    order = _order([*history, *([current] if current and current not in history else [])], dates, repo_dir)
+    limit = order[current] if current is not None else math.inf
+    earlier = [c for c in history if c != current and order[c] <= limit]
+    if not earlier:
+        return None, "no results for an earlier commit"
+    return max(earlier, key=lambda c: (order[c], dates[c])), None
+
+
+def _old_values(res: Any, benchmark: str) -> dict[tuple[str, ...], tuple[Any, Any, Any]]:
+    """Value, stats and samples by parameter combination, as the results file stored them."""
+    if benchmark not in res.get_all_result_keys():
+        return {}
+    params = res.get_result_params(benchmark)
+    columns = zip(res.get_result_value(benchmark, params), res.get_result_stats(benchmark, params),
+                  res.get_result_samples(benchmark, params), strict=True)
+    return dict(zip(itertools.product(*params), columns, strict=True))
+
+
+def _err(value: float | None, stats: Any) -> float | None:
+    return float(get_err(value, stats)) if stats and value is not None else None
+
+
+def _mark(old: float, new: float, old_ss: tuple[Any, Any], new_ss: tuple[Any, Any], factor: float) -> str:
+    """asv compare's verdict for one row, with ``factor`` = 1 + fail_pct / 100."""
+    if _is_result_better(new, old, new_ss, old_ss, factor):
+        return "-"
+    if _is_result_better(old, new, old_ss, new_ss, factor):
+        return "+"
+    if _is_result_better(new, old, None, None, factor) or _is_result_better(old, new, None, None, factor):
+        return "~"
+    return " "
+
+
+def _row(point: Point, entry: dict[str, Any], ref_res: Any, old: dict[tuple[str, ...], Any], factor: float) -> Row:
+    params = dict(zip(entry["param_names"], point.params, strict=True))
+    new_err = _err(point.value, point.stats)
+    base = Row(point.benchmark, params, entry["unit"], None, point.value, None, " ", None, new_err)
+    if ref_res.benchmark_version.get(point.benchmark) not in (None, entry["version"]):
+        return replace(base, note="not comparable: the metric's definition changed")
+    value, stats, samples = old.get(point.params, (None, None, None))
+    if value is None or value != value:  # None: not measured there; NaN: skipped
+        return replace(base, note="no earlier value")
+    ratio = point.value / value if value else math.inf
+    mark = _mark(value, point.value, (stats, samples), (point.stats, point.samples), factor)
+    return replace(base, old=float(value), ratio=ratio, mark=mark, old_err=_err(value, stats))
+
+
+def compare_with_history(
+    records: Sequence[ResultRecord],
+    results_dir: str | Path,
+    machine: str | None = None,
+    *,
+    ref: str | None = None,
+    current_commit: str | None = None,
+    fail_pct: float = 5.0,
+    repo_dir: str | Path | None = ".",
+) -> Comparison:
+    """Compare ``records`` with the history of this machine (asv's name for it, or ``machine``).
+
+    ``ref``: a commit hash or prefix (or, with ``repo_dir``, any git name); None: the latest commit
+    before ``current_commit`` that has results. A metric regresses when it is worse by more than
+    ``fail_pct`` percent and the difference is significant. No history is a ``problem``, not an error.
+    """
+    if not (isinstance(fail_pct, (int, float)) and fail_pct >= 0):
+        raise DecodePerfError(f"fail_pct must be a number >= 0, got {fail_pct!r}")
+    results_dir = Path(results_dir)
+    name = machine_name(machine)
+    envs = sorted({env_name(r["device"]) for r in records})
+    if len(envs) > 1:
+        raise DecodePerfError(f"records of several devices ({', '.join(envs)}): compare one device at a time")
+    cmp = Comparison(name, envs[0] if envs else None, None, current_commit, float(fail_pct))
+    if not envs:
+        cmp.problem = "no results in this run to compare"
+        return cmp
+    history = _history(results_dir, name, envs[0], cmp.warnings)
+    cmp.ref, problem = find_ref(history, ref, current_commit, repo_dir)
+    if cmp.ref is None:
+        cmp.problem = f"nothing to compare with: {problem} in {results_dir / name} ({envs[0]})"
+        return cmp
+    ref_res = history[cmp.ref]
+    defs, points = plan(records, known_definitions(results_dir))
+    factor = 1 + fail_pct / 100
+    old = {b: _old_values(ref_res, b) for b in defs}
+    cmp.rows = sorted((_row(p, defs[p.benchmark].entry, ref_res, old[p.benchmark], factor) for p in points),
+                      key=lambda r: (r.benchmark, r.label))
+    return cmp
+
+
+def _value(value: float | None, unit: str, err: float | None) -> str:
+    return "n/a" if value is None else str(asv_util.human_value(value, unit, err=err))
+
+
+def render_table(cmp: Comparison) -> str:
+    """The comparison for the terminal, in ``asv compare --split``'s sections and columns."""
+    head = f"asv history of {cmp.machine}"
+    if cmp.ref is None:
+        return "\n".join([f"{head}: {cmp.problem}", *cmp.warnings])
+    now = cmp.current[:8] if cmp.current else "this run"
+    lines = [
+        f"{head} ({cmp.env}): {now} against {cmp.ref[:8]}; a regression is worse by more than "
+        f"{cmp.fail_pct:g}% and significant (asv compare's statistics); '~': not significant",
+        *cmp.warnings,
+    ]
+    sections = (
+        ("Worsened:", [r for r in cmp.rows if r.mark == "+"]),
+        ("Improved:", [r for r in cmp.rows if r.mark == "-"]),
+        ("Unchanged:", [r for r in cmp.rows if r.mark in "~ " and r.ratio is not None]),
+        ("Not compared:", [r for r in cmp.rows if r.ratio is None]),
+    )
+    header = ("Change", f"Before [{cmp.ref[:8]}]", f"After [{now}]", "Ratio", "Benchmark (Parameter)")
+    for title, rows in sections:
+        if not rows:
+            continue
+        table = [header] + [
+            (r.mark, _value(r.old, r.unit, r.old_err), _value(r.new, r.unit, r.new_err),
+             ("~" if r.mark == "~" else "") + (f"{r.ratio:.2f}" if r.ratio is not None else "n/a"),
+             r.label.removeprefix(PREFIX + ".") + (f"  [{r.note}]" if r.note else ""))
+            for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        lines += ["", title] + [
+            "  ".join([*(cell.rjust(w) if i in (1, 2, 3) else cell.ljust(w) for i, (cell, w) in
+                         enumerate(zip(row[:4], widths, strict=True))), row[4]]).rstrip()
+            for row in table
+        ]
+    counts = {title: len(rows) for title, rows in sections}
+    lines += ["", ", ".join(f"{n} {t.rstrip(':').lower()}" for t, n in counts.items())]
+    return "\n".join(lines)

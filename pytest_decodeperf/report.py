@@ -1,0 +1,140 @@
+"""The results table: one row per variant, grouped so the seed's comparisons read straight off it.
+
+Rows are grouped by model, cache, batch size and length, with the stream modes in a fixed order
+inside a group (baseline first), and each row's speedup is its tokens/s over the baseline's of
+the same group, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .caches import CACHES
+from .records import ResultRecord
+from .stops import stream_mode_names
+
+COLUMNS = (
+    "model",
+    "cache",
+    "stream",
+    "batch",
+    "new",
+    "tok/s",
+    "spread",
+    "ms/token",
+    "prefill ms",
+    "steps",
+    "vs baseline",
+    "parity",
+)
+
+
+def test_function(rec: ResultRecord) -> str:
+    """The test a record came from, without its parameter id."""
+    return rec["test"].split("[", 1)[0]
+
+
+def _group(rec: ResultRecord) -> tuple[object, ...]:
+    return (
+        test_function(rec),
+        rec["model"],
+        rec["cache"],
+        rec["batch_size"],
+        rec["new_tokens"],
+        rec["stop"],
+        rec["compile"],
+        rec["dtype"],
+        rec["device"],
+    )
+
+
+def _stream_rank(stream: str) -> int:
+    names = stream_mode_names()
+    return names.index(stream) if stream in names else len(names)
+
+
+def _cache_rank(cache: str) -> int:
+    names = list(CACHES)
+    return names.index(cache) if cache in names else len(names)
+
+
+def sort_records(records: Sequence[ResultRecord]) -> list[ResultRecord]:
+    """Test (in run order), model, cache in the seed's order (none, dynamic, static), batch, stream mode."""
+    first_seen = {name: i for i, name in reversed(list(enumerate(test_function(r) for r in records)))}
+    return sorted(
+        records,
+        key=lambda r: (
+            first_seen[test_function(r)],
+            r["model"],
+            _cache_rank(r["cache"]),
+            r["cache"],
+            r["batch_size"],
+            str(_group(r)[4:]),
+            _stream_rank(r["stream"]),
+        ),
+    )
+
+
+def speedups(records: Sequence[ResultRecord]) -> list[float | None]:
+    """tok/s over the same group's baseline tok/s, per record (None without a baseline)."""
+    base = {_group(r): r["tokens_per_s"] for r in records if r["stream"] == "baseline"}
+    out: list[float | None] = []
+    for r in records:
+        b = base.get(_group(r))
+        out.append(r["tokens_per_s"] / b if b and not math.isnan(b) else None)
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def render_table(records: Sequence[ResultRecord], title: str = "decode perf") -> str:
+    rows = sort_records(records)
+    cells = [list(COLUMNS)]
+    for rec, speed in zip(rows, speedups(rows), strict=True):
+        model = rec["model"] + (" (compiled)" if rec["compile"] else "")
+        steps = str(rec["steps"]) + (f" (+{rec['extra_steps']})" if rec["extra_steps"] else "")
+        cells.append(
+            [
+                model,
+                rec["cache"],
+                rec["stream"],
+                str(rec["batch_size"]),
+                str(rec["new_tokens"]),
+                _fmt(rec["tokens_per_s"], ",.1f"),
+                "±" + _fmt(rec["spread_pct"], ".1f") + "%",
+                _fmt(rec["ms_per_token"], ".3f"),
+                _fmt(rec["prefill_ms"], ".2f"),
+                steps,
+                _fmt(speed, ".3f") + "x" if speed is not None else "-",
+                rec["parity"],
+            ]
+        )
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    numeric = {3, 4, 5, 6, 7, 8, 10}
+
+    def line(row: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+
+    rule = "-" * len(line(cells[0]))
+    out = [
+        f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
+        "new = max new tokens; steps = forward passes (+ run past the last kept)",
+        rule,
+        line(cells[0]),
+        rule,
+    ]
+    current = None
+    for rec, row in zip(rows, cells[1:], strict=True):
+        if test_function(rec) != current:
+            current = test_function(rec)
+            out.append(f"{current}  (stop={rec['stop']})")
+        out.append(line(row))
+    out.append(rule)
+    notes = sorted({r["note"] for r in rows if r["note"]})
+    out += [f"note: {n}" for n in notes]
+    return "\n".join(out)

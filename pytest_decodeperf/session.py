@@ -1,0 +1,160 @@
+"""The plugin's session: runs each marked item's variant, keeps the records, and reports them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .errors import DecodePerfError
+from .instrument import Tracer
+from .machine import machine_info, resolve_device
+from .options import Settings
+from .records import MachineInfo, ResultRecord
+from .report import render_table
+from .runner import Runner, VariantResult
+from .variants import Variant
+
+
+@dataclass
+class ItemOutcome:
+    """What happened to one marked item; read again in the call phase to pass or fail it."""
+
+    variant: Variant
+    parity_required: bool
+    result: VariantResult | None = None
+    error: str | None = None
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: a metric that could not be measured is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON through a temp file in the same directory and rename: never a half file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_finite(payload), fh, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class DecodePerfSession:
+    settings: Settings
+    records: list[ResultRecord] = field(default_factory=list)
+    outcomes: dict[str, ItemOutcome] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    _runner: Runner | None = None
+    _device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            self._device = resolve_device(self.settings.device)
+        return self._device
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            tracer = Tracer(self.settings.nvtx, self.settings.profile_steps, self.device)
+            self._runner = Runner(self.device, self.settings.rounds, self.settings.warmup, tracer)
+        return self._runner
+
+    def machine(self) -> MachineInfo:
+        return machine_info(self.device)
+
+    def run_item(self, nodeid: str, outcome: ItemOutcome, model: PreTrainedModel) -> None:
+        """Measure the item's variant; errors are kept so the call phase fails with one line."""
+        self.outcomes[nodeid] = outcome
+        variant = outcome.variant
+        window = self.settings.profile_steps
+        if window is not None and window[1] > variant.new_tokens:
+            outcome.error = (
+                f"profile window {window[0]}:{window[1]} ends after the run's last step "
+                f"({variant.new_tokens} new tokens)"
+            )
+            return
+        try:
+            result = self.runner.run(variant, model, parity=outcome.parity_required)
+        except torch.OutOfMemoryError as exc:
+            self.runner.release()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+            outcome.error = f"out of memory in {variant.id}: {first}"
+            return
+        except DecodePerfError as exc:
+            outcome.error = str(exc)
+            return
+        outcome.result = result
+        self.records.append(result.record(nodeid))
+
+    def add_records(self, records: list[ResultRecord]) -> None:
+        """Records measured elsewhere (an xdist worker)."""
+        self.records.extend(records)
+
+    def summary(self) -> str:
+        return render_table(self.records, title=f"pytest-decodeperf on {self.records[0]['device']}")
+
+    def write_json(self, path: Path) -> None:
+        write_json_atomic(path, {"machine": self.machine(), "results": self.records})
+
+    def asv_results_dir(self) -> Path:
+        """Where history lives: --decodeperf-asv=PATH, else asv.conf.json's results_dir."""
+        from .asv_history import read_asv_conf
+
+        if self.settings.asv:
+            return Path(self.settings.asv)
+        return read_asv_conf(self.settings.asv_config).results_dir
+
+    def history(self, rootdir: Path) -> bool:
+        """Compare with history (if asked), then add this run to it (if asked). False: a regression."""
+        from .asv_history import current_commit, write_history
+        from .regression import compare_with_history, render_table
+
+        commit = current_commit(rootdir)
+        results_dir = self.asv_results_dir()
+        ok = True
+        if self.settings.compare is not None:
+            ref = None if self.settings.compare == "latest" else self.settings.compare
+            cmp = compare_with_history(
+                self.records, results_dir, ref=ref, current_commit=commit,
+                fail_pct=self.settings.fail_on_regression, repo_dir=rootdir,
+            )
+            self.messages.append(render_table(cmp))
+            ok = not cmp.failed
+            if cmp.failed:
+                self.messages.append(
+                    f"decode perf: {len(cmp.regressions)} significant regression(s) worse by more than "
+                    f"{self.settings.fail_on_regression:g}%: failing the session"
+                )
+        if self.settings.asv is not None:
+            if commit is None:
+                self.messages.append(
+                    f"decode perf: {rootdir} is not a git checkout: asv files results by commit, so this run "
+                    "was not added to the history (the tests ran as usual)"
+                )
+            else:
+                paths = write_history(self.records, self.machine(), results_dir, commit, repo_dir=rootdir)
+                self.messages += [f"decode perf history written to {p}" for p in paths]
+        return ok

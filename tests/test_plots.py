@@ -1,0 +1,190 @@
+"""The PNG figures: which are written for which records, and that none of them crashes on thin data."""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_decodeperf.errors import DecodePerfError
+from pytest_decodeperf.plots import (
+    MEMORY_PNG,
+    MISSING_MATPLOTLIB,
+    SPEEDUP_PNG,
+    TOKENS_PNG,
+    skipped_plots,
+    tokens_per_s_iqr,
+    write_plots,
+)
+from pytest_decodeperf.records import ResultRecord
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GAIN = {"baseline": 1.0, "deferred": 1.04, "pipelined": 1.1, "nostop": 1.12, "hf-generate": 0.9}
+
+
+def record(
+    stream: str = "baseline", cache: str = "dynamic", batch_size: int = 1, device: str = "cpu", **over: Any
+) -> ResultRecord:
+    """A plausible record: tokens/s grows with the batch, each mode a fixed factor over baseline."""
+    tps = 1000.0 * batch_size**0.8 * GAIN.get(stream, 1.0)
+    generated = 30
+    tokens = generated * batch_size
+    samples = [tokens / (tps * f) for f in (0.95, 0.98, 1.0, 1.02, 1.05)]
+    cuda = device == "cuda"
+    rec: dict[str, Any] = {
+        "test": f"perf_tests/test_x.py::test_decode[{cache}-{stream}-b{batch_size}]",
+        "model": "tiny-gpt2",
+        "cache": cache,
+        "stream": stream,
+        "batch_size": batch_size,
+        "new_tokens": 32,
+        "stop": "eos",
+        "compile": False,
+        "dtype": "float16" if cuda else "float32",
+        "device": device,
+        "parity": "n/a" if stream == "baseline" else "pass",
+        "tokens_per_s": tps,
+        "ms_per_token": 1000.0 * batch_size / tps,
+        "prefill_ms": 2.0,
+        "steps": generated + 1,
+        "extra_steps": 0,
+        "generated_tokens": generated,
+        "peak_allocated_bytes": (200 + 10 * batch_size) * 2**20 if cuda else None,
+        "peak_reserved_bytes": (260 + 12 * batch_size) * 2**20 if cuda else None,
+        "rounds": len(samples),
+        "warmup_s": [0.5],
+        "samples_s": samples,
+        "samples_ms_per_token": [],
+        "samples_prefill_ms": [],
+        "spread_pct": 5.0,
+        "note": "",
+    }
+    rec.update(over)
+    return rec  # type: ignore[return-value]
+
+
+def matrix(device: str) -> list[ResultRecord]:
+    return [
+        record(stream, cache, batch, device)
+        for cache in ("none", "dynamic", "static")
+        for batch in (1, 4, 16)
+        for stream in ("baseline", "deferred", "pipelined", "nostop")
+    ]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path.name} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
+    return width, height
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """An output folder, for tests that draw (and so need matplotlib, the ``plot`` extra)."""
+    pytest.importorskip("matplotlib")
+    return tmp_path
+
+
+def test_cuda_records_give_all_three_figures_as_valid_pngs(out: Path) -> None:
+    written = write_plots(matrix("cuda"), out / "plots")
+
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG]
+    for path in written:
+        assert path.parent == out / "plots"
+        assert path.stat().st_size > 10_000, f"{path.name} is suspiciously small"
+        width, height = png_size(path)
+        assert 400 < width < 4000 and 300 < height < 8000, (path.name, width, height)
+
+
+def test_cpu_records_skip_the_memory_figure_and_say_why(out: Path) -> None:
+    records = matrix("cpu")
+
+    written = write_plots(records, out)
+
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG]
+    assert not (out / MEMORY_PNG).exists()
+    assert skipped_plots(records) == {MEMORY_PNG: "no CUDA memory stats (device: cpu)"}
+
+
+def test_a_single_record_gives_the_throughput_figure_only(out: Path) -> None:
+    records = [record()]
+
+    written = write_plots(records, out)
+
+    assert [p.name for p in written] == [TOKENS_PNG]
+    assert png_size(written[0])[0] > 0
+    assert set(skipped_plots(records)) == {SPEEDUP_PNG, MEMORY_PNG}
+    assert "baseline" in skipped_plots(records)[SPEEDUP_PNG]
+
+
+def test_no_records_write_nothing_and_do_not_fail(out: Path) -> None:
+    assert write_plots([], out / "empty") == []
+    assert list((out / "empty").iterdir()) == []
+
+
+def test_thin_or_broken_records_are_drawn_or_skipped_without_crashing(out: Path) -> None:
+    records = [
+        record("baseline", samples_s=[]),  # no rounds: no error bar
+        record("nostop", samples_s=[0.0, 0.01]),  # a zero-second round is ignored
+        record("deferred", generated_tokens=0),  # nothing kept: no error bar
+        record("pipelined", tokens_per_s=math.nan),  # left out
+        record("baseline", batch_size=4, tokens_per_s=0.0),  # a zero baseline gives no speedup
+        record("pipelined", batch_size=4),
+        record("hf-generate", cache="mystery-cache", device="cuda", peak_reserved_bytes=None),
+    ]
+
+    written = write_plots(records, out)
+
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG]
+
+
+def test_wide_speedup_ranges_and_mixed_settings_still_draw(out: Path) -> None:
+    records = matrix("cuda")
+    records += [record(s, "static", b, "cuda", compile=True) for s in ("baseline", "pipelined") for b in (1, 8)]
+    records += [record("baseline", "none", 2, "cuda", tokens_per_s=3.0), record("deferred", "none", 2, "cuda")]
+    records += [record(s, model="tiny-llama-gqa", device="cuda") for s in ("baseline", "pipelined")]
+
+    written = write_plots(records, out)
+
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG]
+
+
+def test_error_bars_span_the_rounds_interquartile_range_around_the_median() -> None:
+    rec = record(batch_size=2)
+    rates = sorted(rec["generated_tokens"] * 2 / s for s in rec["samples_s"])
+
+    iqr = tokens_per_s_iqr(rec)
+
+    assert iqr is not None
+    assert iqr[0] == pytest.approx(rates[1])  # inclusive quartiles of five values: the 2nd and 4th
+    assert iqr[1] == pytest.approx(rates[3])
+    assert iqr[0] < rec["tokens_per_s"] < iqr[1]
+    assert tokens_per_s_iqr(record(samples_s=[])) is None
+
+
+def test_write_plots_leaves_the_matplotlib_backend_and_settings_alone(out: Path) -> None:
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    settings = dict(matplotlib.rcParams)
+
+    write_plots(matrix("cuda"), out)
+
+    assert matplotlib.get_backend() == backend
+    assert dict(matplotlib.rcParams) == settings
+
+
+def test_missing_matplotlib_names_the_extra_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+
+    with pytest.raises(DecodePerfError) as info:
+        write_plots([record()], tmp_path)
+
+    assert str(info.value) == "--decodeperf-plot needs matplotlib: pip install 'pytest-decodeperf[plot]'"
+    assert str(info.value) == MISSING_MATPLOTLIB
+    assert list(tmp_path.iterdir()) == []
