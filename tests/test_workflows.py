@@ -1,0 +1,143 @@
+"""The GitHub Actions workflows: actionlint finds nothing, and the nightly does what docs/nightly.md says."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pytest_decodeperf.options import OPTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / ".github" / "workflows"
+CI = WORKFLOWS / "ci.yml"
+NIGHTLY = WORKFLOWS / "nightly-gpu.yml"
+
+# Runner labels beyond GitHub's own, which actionlint would otherwise report as typos.
+ACTIONLINT_CONFIG = "self-hosted-runner:\n  labels:\n    - gpu\n"
+
+
+def find_tool(name: str) -> str | None:
+    """The tool from this interpreter's environment (installed by the dev extras), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which(name)
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    if True in data:  # YAML 1.1 reads the key `on:` as the boolean true
+        data["on"] = data.pop(True)
+    return data
+
+
+def steps(workflow: dict[str, Any], job: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = workflow["jobs"][job]["steps"]
+    return result
+
+
+def step_running(workflow: dict[str, Any], job: str, text: str) -> dict[str, Any]:
+    found = [s for s in steps(workflow, job) if text in s.get("run", "")]
+    assert len(found) == 1, f"expected one step of job {job!r} running {text!r}, found {len(found)}"
+    return found[0]
+
+
+def step_using(workflow: dict[str, Any], job: str, action: str) -> list[dict[str, Any]]:
+    return [s for s in steps(workflow, job) if s.get("uses", "").split("@")[0] == action]
+
+
+def test_actionlint_finds_nothing_in_the_workflows(tmp_path: Path) -> None:
+    actionlint = find_tool("actionlint")
+    if actionlint is None:
+        reason = "actionlint is not installed (it comes with the dev extras)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must prove the workflows lint", pytrace=False)
+        pytest.skip(reason)
+    config = tmp_path / "actionlint.yaml"
+    config.write_text(ACTIONLINT_CONFIG)
+    # actionlint checks `run:` scripts with shellcheck when it finds one.
+    shellcheck = find_tool("shellcheck")
+    command = [actionlint, "-no-color", "-config-file", str(config)]
+    command += [f"-shellcheck={shellcheck}"] if shellcheck else []
+
+    done = subprocess.run(
+        [*command, str(CI.relative_to(ROOT)), str(NIGHTLY.relative_to(ROOT))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_ci_runs_dot_ci_run_and_a_lint_job_on_cpu_python_3_11() -> None:
+    ci = load(CI)
+
+    assert {"push", "pull_request"} <= set(ci["on"])
+    for job in ("test", "lint"):
+        assert ci["jobs"][job]["runs-on"] == "ubuntu-latest"
+        (python,) = step_using(ci, job, "actions/setup-python")
+        assert str(python["with"]["python-version"]) == "3.11"
+        assert step_using(ci, job, "actions/checkout")
+    assert step_running(ci, "test", "bash .ci/run")
+    install = step_running(ci, "lint", "-e '.[dev]'")["run"]
+    assert "download.pytorch.org/whl/cpu" in str(ci["env"]["TORCH_CPU_INDEX"])
+    assert install.index("--index-url") < install.index("-e '.[dev]'"), "the CPU torch must come first"
+    assert step_running(ci, "lint", "ruff check .")
+    assert step_running(ci, "lint", "mypy")
+
+
+def test_nightly_runs_on_a_schedule_and_by_hand_on_a_gpu_runner() -> None:
+    nightly = load(NIGHTLY)
+
+    assert set(nightly["on"]) == {"schedule", "workflow_dispatch"}
+    assert nightly["on"]["schedule"][0]["cron"].split()[2:] == ["*", "*", "*"], "every night"
+    assert nightly["jobs"]["perf"]["runs-on"] == ["self-hosted", "linux", "gpu"]
+    assert nightly["concurrency"]["cancel-in-progress"] is False
+
+
+def test_nightly_pytest_compares_with_asv_history_and_fails_on_a_failed_pipe() -> None:
+    nightly = load(NIGHTLY)
+    run = step_running(nightly, "perf", "pytest perf_tests")["run"]
+    words = shlex.split(run.replace("\\\n", " "), comments=True)
+
+    for flag in ("--decodeperf", "--decodeperf-asv", "--decodeperf-compare", "--decodeperf-json", "--decodeperf-plot"):
+        assert flag in words, flag
+    assert words[words.index("--decodeperf-json") + 1] == "decodeperf-nightly.json"
+    assert words[words.index("--decodeperf-plot") + 1] == "plots"
+    known = {spec.flag_name for spec in OPTIONS}
+    assert {w for w in words if w.startswith("--decodeperf")} <= known, "an option the plugin does not have"
+    assert "set -o pipefail" in run and "| tee " in run
+
+
+def test_nightly_keeps_history_and_dashboard_even_when_pytest_fails() -> None:
+    nightly = load(NIGHTLY)
+    (restore,) = [s for s in step_using(nightly, "perf", "actions/checkout") if "path" in s.get("with", {})]
+    assert restore["with"] == {"ref": "asv-results", "path": ".asv/results"}
+    assert nightly["jobs"]["perf"]["permissions"]["contents"] == "write"
+
+    publish = step_running(nightly, "perf", "python -m pytest_decodeperf.asv_history publish")
+    push = step_running(nightly, "perf", "git push")
+    summary = step_running(nightly, "perf", "GITHUB_STEP_SUMMARY")
+    artifact = step_using(nightly, "perf", "actions/upload-artifact")[0]
+    for step in (publish, push, summary, artifact):
+        assert "!cancelled()" in step["if"], f"{step['name']!r} must run after a failed pytest"
+    assert ".asv/html" in artifact["with"]["path"]
+    order = steps(nightly, "perf")
+    assert order.index(step_running(nightly, "perf", "pytest perf_tests")) < order.index(push)
+
+    (pages,) = step_using(nightly, "perf", "actions/upload-pages-artifact")
+    assert pages["with"]["path"] == ".asv/html"
+    deploy = nightly["jobs"]["pages"]
+    assert deploy["needs"] == "perf" and "!cancelled()" in deploy["if"]
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["environment"]["name"] == "github-pages"
+    assert step_using(nightly, "pages", "actions/deploy-pages")
