@@ -3,6 +3,11 @@
 Commit 1 is recorded; commit 2 injects a slowdown through a ``decode_model`` override and must
 fail ``--decodeperf-compare`` and show in ``asv publish``'s regressions; commit 3 is commit 1's
 code again and must pass (A/A). Then ``asv compare`` and ``asv publish`` read what pytest wrote.
+
+These are separate pytest processes, one after another, on a shared 2-core VM whose speed swings
+by up to 50% between runs (measured; see README's validity section), so this test gates at 30%
+and injects +2 ms on a ~1-2 ms step: it proves the plumbing. The gate's statistics at the default
+5% are proven by tests/test_gate_validity.py, on interleaved measurements.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ ARGS = [
     "--decodeperf-warmup=1",
     "--decodeperf-asv",
     "--decodeperf-compare",
+    "--decodeperf-fail-on-regression=30",
     "--benchmark-disable",
     "-p",
     "no:cacheprovider",
@@ -98,7 +104,9 @@ def test_a_slowdown_fails_the_gate_and_an_unchanged_commit_does_not(pytester: py
 
     slow = commit_and_run(pytester, repo, "slow", 0.002)  # +2 ms per step on a ~1 ms step
     assert slow.ret == pytest.ExitCode.TESTS_FAILED, slow.stdout.str()
-    slow.stdout.fnmatch_lines(["*Worsened:*", "*time_decode_per_token*", "*significant regression(s)*"])
+    slow.stdout.fnmatch_lines(
+        ["*Worsened:*", "*time_decode_per_token*", "*significant regression(s) worse by more than 30%*"]
+    )
     c2 = git(repo, "rev-parse", "HEAD")
     # The dashboard built now shows the slowdown on its regressions page.
     pub = subprocess.run(
