@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from .errors import DecodePerfError
 from .marker import MARKER_DOC, parse_marker, variant_id
-from .models import default_model_name
+from .models import MODELS, default_model_name
 from .options import Settings, add_options, load_settings, source_of
 from .plots import MISSING_MATPLOTLIB, write_plots
 from .records import ResultRecord
@@ -113,6 +113,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = _session(config).settings
     bs = getattr(config, "_benchmarksession", None)
     feeds_benchmark = settings.enabled and bs is not None and not bs.disabled
+    _check_model_names(config, settings, items)
     keep: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:
@@ -129,6 +130,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = keep
+
+
+def _check_model_names(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> None:
+    """A ``--decodeperf-models`` name that is neither in the zoo nor a label of a collected test
+    is a typo: say so, rather than deselect everything in silence."""
+    if not settings.models:
+        return
+    labels = {param[0].model for item in items if (param := _item_param(item)) is not None}
+    unknown = [m for m in settings.models if m not in MODELS and m not in labels]
+    if unknown:
+        known = sorted(set(MODELS) | labels)
+        raise pytest.UsageError(
+            f"pytest-decodeperf: unknown model {', '.join(map(repr, unknown))}: not in the zoo and not a models= label "
+            f"of any collected test; choose from: {', '.join(known)} (from {source_of(config, 'models')})"
+        )
 
 
 def _item_param(item: pytest.Item) -> tuple[Variant, bool] | None:

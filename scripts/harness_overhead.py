@@ -89,8 +89,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared VM)")
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     bare, plugin = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.pairs):

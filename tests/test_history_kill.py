@@ -24,7 +24,8 @@ from pytest_decodeperf.asv_history import write_history
 results = sys.argv[1]
 for i in itertools.count(100):
     recs = [make_record(cache=c, stream=s, seed=i) for c in ("dynamic", "static") for s in ("baseline", "pipelined")]
-    write_history(recs, {{"device": "cpu"}}, results, f"{{i:08x}}" + "0" * 32, name="killed", date_ms=1_700_000_000_000 + i)
+    commit = f"{{i:08x}}" + "0" * 32  # asv names files by the first 8 characters
+    write_history(recs, {{"device": "cpu"}}, results, commit, name="killed", date_ms=1_700_000_000_000 + i)
     print(i, flush=True)
 """
 

@@ -299,6 +299,12 @@ def assert_one_usage_error_line(result: pytest.RunResult, *fragments: str) -> No
         ),
         pytest.param(
             None,
+            ["--decodeperf-models=gpt5"],
+            ["unknown model 'gpt5'", "choose from: gpt2,", "(from command line --decodeperf-models)"],
+            id="model-name-typo",
+        ),
+        pytest.param(
+            None,
             ["--decodeperf-batch-sizes=0"],
             ["batch size must be >= 1, got 0", "(from command line --decodeperf-batch-sizes)"],
             id="batch-size",
