@@ -1,4 +1,4 @@
-"""The seed article's matrix on the device's default model (tiny-gpt2 on CPU, GPT-2 small on CUDA).
+"""The article's matrix on the device's default model (tiny-gpt2 on CPU, GPT-2 small on CUDA).
 
 Run with ``pytest perf_tests --decodeperf``; narrow with ``--decodeperf-caches`` etc.
 """

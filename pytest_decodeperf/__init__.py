@@ -5,17 +5,48 @@ The engine (models, caches, stop policies, the decode loop, measurement) works w
     from pytest_decodeperf import Runner, Variant
     result = Runner("cpu").run(Variant("tiny-gpt2", cache="static", stream="pipelined", batch_size=8))
     print(result.record()["tokens_per_s"], result.parity)
+
+The names below are imported on first use: pytest loads this package in every session of every
+project where it is installed, so importing it must not import torch or transformers.
 """
 
-from .caches import CACHES, CacheStrategy, register_cache
-from .decode import DecodeOutput, generate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import DecodePerfError
-from .models import MODELS, build_model, default_model_name
-from .parity import ParityReport, check_parity
-from .runner import Runner, VariantResult
-from .stops import STOP_POLICIES, StopPolicy, register_stop_policy
-from .variants import Variant
-from .workload import Workload, make_workload
+
+if TYPE_CHECKING:
+    from .engine.caches import CACHES, CacheStrategy, register_cache
+    from .engine.loop import DecodeOutput, generate
+    from .engine.models import MODELS, build_model, default_model_name
+    from .engine.parity import ParityReport, check_parity
+    from .engine.runner import Runner, VariantResult
+    from .engine.stream_modes import STOP_POLICIES, StopPolicy, register_stop_policy
+    from .engine.variants import Variant
+    from .engine.workload import Workload, make_workload
+
+_LAZY: dict[str, str] = {
+    "CACHES": "engine.caches",
+    "CacheStrategy": "engine.caches",
+    "register_cache": "engine.caches",
+    "DecodeOutput": "engine.loop",
+    "generate": "engine.loop",
+    "MODELS": "engine.models",
+    "build_model": "engine.models",
+    "default_model_name": "engine.models",
+    "ParityReport": "engine.parity",
+    "check_parity": "engine.parity",
+    "Runner": "engine.runner",
+    "VariantResult": "engine.runner",
+    "STOP_POLICIES": "engine.stream_modes",
+    "StopPolicy": "engine.stream_modes",
+    "register_stop_policy": "engine.stream_modes",
+    "Variant": "engine.variants",
+    "Workload": "engine.workload",
+    "make_workload": "engine.workload",
+}
 
 __all__ = [
     "CACHES",
@@ -39,4 +70,17 @@ __all__ = [
     "register_stop_policy",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

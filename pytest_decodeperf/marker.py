@@ -5,14 +5,12 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .caches import CACHES
 from .errors import DecodePerfError, check_choice, check_positive
-from .models import MODELS
-from .stops import stream_mode_names
-from .variants import Variant, check_compile
-from .workload import STOPS
+
+if TYPE_CHECKING:
+    from .engine.variants import Variant
 
 
 def decode_perf(
@@ -52,6 +50,13 @@ def parse_marker(
 
     ``custom_model``: the ``decode_model`` fixture is overridden, so model names are the user's labels.
     """
+    # The engine's registries say which names are valid: imported only for a marked test.
+    from .engine.caches import CACHES
+    from .engine.models import MODELS
+    from .engine.stream_modes import stream_mode_names
+    from .engine.variants import Variant, check_compile
+    from .engine.workload import STOPS
+
     if args:
         raise DecodePerfError(f"decode_perf takes keyword arguments only, got positional {args!r}")
     unknown = sorted(set(kwargs) - set(SIGNATURE.parameters))

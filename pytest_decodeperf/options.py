@@ -15,10 +15,7 @@ from typing import Any
 
 import pytest
 
-from .caches import CACHES
 from .errors import DecodePerfError, check_choice
-from .instrument import parse_profile_steps
-from .stops import stream_mode_names
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -110,7 +107,23 @@ def check_writable_dir(path: Path) -> Path:
 
 
 def _profile(text: str) -> tuple[int, int]:
+    from .engine.nvtx import parse_profile_steps
+
     return parse_profile_steps(text)
+
+
+# The engine's registries are imported only when a value must be checked against them: loading the
+# plugin must not import torch (pytest loads it in every session where the package is installed).
+def _cache_names() -> list[str]:
+    from .engine.caches import CACHES
+
+    return list(CACHES)
+
+
+def _stream_mode_names() -> list[str]:
+    from .engine.stream_modes import stream_mode_names
+
+    return stream_mode_names()
 
 
 def _pct(text: str) -> float:
@@ -166,14 +179,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "caches",
         "comma list of cache types that narrows the marker's matrix",
-        _names("cache type", lambda: CACHES),
+        _names("cache type", _cache_names),
         None,
         metavar="NAMES",
     ),
     OptionSpec(
         "streams",
         "comma list of stream modes that narrows the marker's matrix",
-        _names("stream mode", stream_mode_names),
+        _names("stream mode", _stream_mode_names),
         None,
         metavar="NAMES",
     ),
@@ -236,8 +249,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="PCT",
     ),
     OptionSpec("plot", "write PNG plots of the results into DIR (needs matplotlib)", _dir, None, metavar="DIR"),
-    OptionSpec("share-gpu", "with pytest-xdist: allow more workers than GPUs (they share GPUs and disturb timings)",
-               _bool, False, flag=True),
+    OptionSpec(
+        "share-gpu",
+        "with pytest-xdist: allow more workers than GPUs (they share GPUs and disturb timings)",
+        _bool,
+        False,
+        flag=True,
+    ),
 )
 
 

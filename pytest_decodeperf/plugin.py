@@ -1,26 +1,34 @@
-"""pytest hooks and fixtures: a thin layer over the engine (see ``runner.py``)."""
+"""pytest hooks and fixtures: a thin layer over the engine (``engine/runner.py``).
+
+pytest imports this module in every session of every project where the package is installed, so
+it imports neither torch nor transformers: the engine is imported when a ``decode_perf`` item is
+collected or run, or when ``--decodeperf`` asks for a device.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from transformers import PreTrainedModel
 
 from .errors import DecodePerfError
 from .marker import MARKER_DOC, parse_marker, variant_id
-from .models import MODELS, default_model_name
 from .options import Settings, add_options, load_settings, source_of
-from .plots import MISSING_MATPLOTLIB, write_plots
-from .records import ResultRecord
-from .runner import VariantResult
+from .plots import MISSING_MATPLOTLIB
 from .session import DecodePerfSession, ItemOutcome
-from .variants import Variant
 from .xdist_support import RECORDS_KEY, assign_gpu, pin_worker_gpu
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .engine.runner import VariantResult
+    from .engine.variants import Variant
+    from .records import ResultRecord
+
 SESSION_KEY = pytest.StashKey[DecodePerfSession]()
+MODEL_KEY = pytest.StashKey[Any]()
 SKIP_REASON = "decode perf tests need --decodeperf"
 MARKER = "decode_perf"
 
@@ -65,10 +73,19 @@ def _session(config: pytest.Config) -> DecodePerfSession:
     return config.stash[SESSION_KEY]
 
 
-def _default_model(settings: Settings) -> str:
-    try:
-        from .machine import resolve_device
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """With --decodeperf: the device, versions and threads every number of the run depends on."""
+    dp = _session(config)
+    if not dp.settings.enabled:
+        return None
+    return [dp.header()]
 
+
+def _default_model(settings: Settings) -> str:
+    from .engine.machine import resolve_device
+    from .engine.models import default_model_name
+
+    try:
         return default_model_name(resolve_device(settings.device))
     except DecodePerfError:
         return default_model_name("cpu")
@@ -137,6 +154,8 @@ def _check_model_names(config: pytest.Config, settings: Settings, items: list[py
     is a typo: say so, rather than deselect everything in silence."""
     if not settings.models:
         return
+    from .engine.models import MODELS
+
     labels = {param[0].model for item in items if (param := _item_param(item)) is not None}
     unknown = [m for m in settings.models if m not in MODELS and m not in labels]
     if unknown:
@@ -195,32 +214,45 @@ def decode_model(request: pytest.FixtureRequest, decode_variant: Variant) -> Pre
 
 
 @pytest.fixture
-def decode_result(
-    request: pytest.FixtureRequest, _decodeperf_param: tuple[Variant, bool] | None, decode_model: PreTrainedModel
-) -> VariantResult | None:
-    """The measured result of this item: tokens, metrics, parity verdict."""
-    session = _session(request.config)
-    variant, parity = _param_or_fail(_decodeperf_param)
-    outcome = ItemOutcome(variant, parity)
-    session.run_item(request.node.nodeid, outcome, decode_model)
-    if outcome.result is not None:
-        _feed_pytest_benchmark(request, outcome.result, session.records[-1])
-    return outcome.result
+def decode_result(_decodeperf_param: tuple[Variant, bool] | None) -> VariantResult | None:
+    """The measured result of this item (tokens, metrics, parity verdict), in the test body.
+
+    The variant is measured in the call phase, after every fixture of the item is set up, so a
+    fixture that patches the model is measured too; this value is filled in just before the body runs.
+    """
+    _param_or_fail(_decodeperf_param)
+    return None
 
 
 @pytest.fixture(autouse=True)
 def _decodeperf_autorun(request: pytest.FixtureRequest, _decodeperf_param: tuple[Variant, bool] | None) -> None:
-    """Run the variant of every marked item, so a test body may be empty."""
-    if _decodeperf_param is not None:
-        request.getfixturevalue("decode_result")
+    """Set up the model of every marked item, so the call phase can measure it and a test body may be empty."""
+    if _decodeperf_param is not None and _session(request.config).settings.enabled:
+        request.node.stash[MODEL_KEY] = request.getfixturevalue("decode_model")
 
 
-def _feed_pytest_benchmark(request: pytest.FixtureRequest, result: VariantResult, record: ResultRecord) -> None:
+def _run_item(item: pytest.Item) -> ItemOutcome | None:
+    """Measure the item's variant on the model its fixtures set up (the call phase, before the body)."""
+    param = _item_param(item)
+    if param is None or MODEL_KEY not in item.stash:
+        return None
+    session = _session(item.config)
+    outcome = ItemOutcome(*param)
+    session.run_item(item.nodeid, outcome, item.stash[MODEL_KEY])
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    if outcome.result is not None:
+        if "decode_result" in funcargs:
+            funcargs["decode_result"] = outcome.result
+        _feed_pytest_benchmark(item, outcome.result, session.records[-1])
+    return outcome
+
+
+def _feed_pytest_benchmark(item: pytest.Item, result: VariantResult, record: ResultRecord) -> None:
     """Hand the rounds already measured to pytest-benchmark (no second run), when it is on."""
-    bs = getattr(request.config, "_benchmarksession", None)
-    if bs is None or bs.disabled or bs.skip:
+    bs = getattr(item.config, "_benchmarksession", None)
+    bench = getattr(item, "funcargs", {}).get("benchmark")
+    if bs is None or bs.disabled or bs.skip or bench is None:
         return
-    bench = request.getfixturevalue("benchmark")
     bench._mode = "pytest-decodeperf"  # the fixture allows one use; this is it
     v = result.variant
     bench.group = f"{v.model}-{v.cache}-b{v.batch_size}-n{v.new_tokens}"
@@ -235,7 +267,7 @@ def _feed_pytest_benchmark(request: pytest.FixtureRequest, result: VariantResult
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    outcome = _session(item.config).outcomes.get(item.nodeid)
+    outcome = _run_item(item)
     if outcome is not None and outcome.error is not None:
         pytest.fail(outcome.error, pytrace=False)
     result = yield
@@ -275,6 +307,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             dp.messages.append(f"decode perf: asv history: {exc}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if dp.settings.plot is not None:
+        from .plots import write_plots
+
         dp.settings.plot.mkdir(parents=True, exist_ok=True)
         for path in write_plots(dp.records, dp.settings.plot):
             dp.messages.append(f"decode perf plot written to {path}")

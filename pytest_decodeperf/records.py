@@ -16,6 +16,7 @@ class MachineInfo(TypedDict, total=False):
     cpu: str
     num_cpu: int
     ram_bytes: int
+    threads: int  # torch.get_num_threads() when the run started
     torch: str
     transformers: str
     cuda: str | None

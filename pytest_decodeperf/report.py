@@ -1,4 +1,5 @@
-"""The results table: one row per variant, grouped so the seed's comparisons read straight off it.
+"""The results table: one row per variant, grouped so the comparisons of the article this tool grew
+from (*Optimizing Token Generation in PyTorch Decoder Models*, see README) read straight off it.
 
 Rows are grouped by model, cache, batch size and length, with the stream modes in a fixed order
 inside a group (baseline first), and each row's speedup is its tokens/s over the baseline's of
@@ -10,9 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .caches import CACHES
 from .records import ResultRecord
-from .stops import stream_mode_names
+
+# The order a reader compares things in; names registered later sort after these, by name. Fixed
+# here rather than read from the engine's registries, so rendering records needs no torch.
+STREAM_ORDER = ("baseline", "deferred", "pipelined", "nostop", "hf-generate", "hf-deferred")
+CACHE_ORDER = ("none", "dynamic", "static")
 
 COLUMNS = (
     "model",
@@ -35,7 +39,8 @@ def test_function(rec: ResultRecord) -> str:
     return rec["test"].split("[", 1)[0]
 
 
-def _group(rec: ResultRecord) -> tuple[object, ...]:
+def group_key(rec: ResultRecord) -> tuple[object, ...]:
+    """Records of one group differ only in stream mode: their tokens/s compare as a speedup."""
     return (
         test_function(rec),
         rec["model"],
@@ -49,40 +54,45 @@ def _group(rec: ResultRecord) -> tuple[object, ...]:
     )
 
 
-def _stream_rank(stream: str) -> int:
-    names = stream_mode_names()
-    return names.index(stream) if stream in names else len(names)
-
-
-def _cache_rank(cache: str) -> int:
-    names = list(CACHES)
-    return names.index(cache) if cache in names else len(names)
+def rank(order: Sequence[str], name: str) -> tuple[int, str]:
+    """Sort key ``(place, name)``: ``name``'s place in ``order``, unknown names after, by name."""
+    return (order.index(name) if name in order else len(order), name)
 
 
 def sort_records(records: Sequence[ResultRecord]) -> list[ResultRecord]:
-    """Test (in run order), model, cache in the seed's order (none, dynamic, static), batch, stream mode."""
+    """Test (in run order), model, cache in the article's order (none, dynamic, static), batch, stream mode."""
     first_seen = {name: i for i, name in reversed(list(enumerate(test_function(r) for r in records)))}
     return sorted(
         records,
         key=lambda r: (
             first_seen[test_function(r)],
             r["model"],
-            _cache_rank(r["cache"]),
-            r["cache"],
+            rank(CACHE_ORDER, r["cache"]),
             r["batch_size"],
-            str(_group(r)[4:]),
-            _stream_rank(r["stream"]),
+            str(group_key(r)[4:]),
+            rank(STREAM_ORDER, r["stream"]),
         ),
     )
 
 
+def _usable(value: float | None) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 def speedups(records: Sequence[ResultRecord]) -> list[float | None]:
-    """tok/s over the same group's baseline tok/s, per record (None without a baseline)."""
-    base = {_group(r): r["tokens_per_s"] for r in records if r["stream"] == "baseline"}
+    """tok/s over the same group's baseline tok/s, per record (None without a usable baseline).
+
+    The one grouping of the package: the table's "vs baseline" column and the speedup figure
+    both come from here, so they cannot disagree.
+    """
+    base: dict[tuple[object, ...], float] = {}
+    for r in records:
+        if r["stream"] == "baseline" and _usable(r["tokens_per_s"]):
+            base.setdefault(group_key(r), r["tokens_per_s"])
     out: list[float | None] = []
     for r in records:
-        b = base.get(_group(r))
-        out.append(r["tokens_per_s"] / b if b and not math.isnan(b) else None)
+        b = base.get(group_key(r))
+        out.append(r["tokens_per_s"] / b if b is not None and _usable(r["tokens_per_s"]) else None)
     return out
 
 

@@ -1,26 +1,27 @@
-"""The plugin's session: runs each marked item's variant, keeps the records, and reports them."""
+"""The plugin's session: runs each marked item's variant, keeps the records, and reports them.
+
+Imported by the plugin in every pytest session, so the engine (torch, transformers) is imported
+only when a run needs it.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import PreTrainedModel
-
+from .atomic import write_json_atomic
 from .errors import DecodePerfError
-from .instrument import Tracer
-from .machine import machine_info, resolve_device
 from .options import Settings
 from .records import MachineInfo, ResultRecord
 from .report import render_table
-from .runner import Runner, VariantResult
-from .variants import Variant
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from .engine.runner import Runner, VariantResult
+    from .engine.variants import Variant
 
 
 @dataclass
@@ -31,33 +32,6 @@ class ItemOutcome:
     parity_required: bool
     result: VariantResult | None = None
     error: str | None = None
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: a metric that could not be measured is null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temp file in the same directory and rename: never a half file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_finite(payload), fh, indent=2, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -72,18 +46,34 @@ class DecodePerfSession:
     @property
     def device(self) -> torch.device:
         if self._device is None:
+            from .engine.machine import resolve_device
+
             self._device = resolve_device(self.settings.device)
         return self._device
 
     @property
     def runner(self) -> Runner:
         if self._runner is None:
+            from .engine.nvtx import Tracer
+            from .engine.runner import Runner
+
             tracer = Tracer(self.settings.nvtx, self.settings.profile_steps, self.device)
             self._runner = Runner(self.device, self.settings.rounds, self.settings.warmup, tracer)
         return self._runner
 
     def machine(self) -> MachineInfo:
+        from .engine.machine import machine_info
+
         return machine_info(self.device)
+
+    def header(self) -> str:
+        """One line for pytest's header: what every number of this run depends on."""
+        info = self.machine()
+        gpu = f" ({info.get('gpu_name')})" if info.get("gpu_name") else ""
+        return (
+            f"decodeperf: device {info.get('device')}{gpu}, torch {info.get('torch')}, "
+            f"transformers {info.get('transformers')}, {info.get('threads')} torch threads, cpu {info.get('cpu')}"
+        )
 
     def run_item(self, nodeid: str, outcome: ItemOutcome, model: PreTrainedModel) -> None:
         """Measure the item's variant; errors are kept so the call phase fails with one line."""
@@ -96,6 +86,8 @@ class DecodePerfSession:
                 f"({variant.new_tokens} new tokens)"
             )
             return
+        import torch
+
         try:
             result = self.runner.run(variant, model, parity=outcome.parity_required)
         except torch.OutOfMemoryError as exc:
@@ -121,7 +113,7 @@ class DecodePerfSession:
 
     def asv_results_dir(self) -> Path:
         """Where history lives: --decodeperf-asv=PATH, else asv.conf.json's results_dir."""
-        from .asv_history import read_asv_conf
+        from .history.config import read_asv_conf
 
         if self.settings.asv:
             return Path(self.settings.asv)
@@ -129,8 +121,9 @@ class DecodePerfSession:
 
     def history(self, rootdir: Path) -> bool:
         """Compare with history (if asked), then add this run to it (if asked). False: a regression."""
-        from .asv_history import current_commit, write_history
-        from .regression import compare_with_history, render_table
+        from .history.compare import compare_with_history, render_table
+        from .history.config import current_commit
+        from .history.storage import write_history
 
         commit = current_commit(rootdir)
         results_dir = self.asv_results_dir()
@@ -138,8 +131,12 @@ class DecodePerfSession:
         if self.settings.compare is not None:
             ref = None if self.settings.compare == "latest" else self.settings.compare
             cmp = compare_with_history(
-                self.records, results_dir, ref=ref, current_commit=commit,
-                fail_pct=self.settings.fail_on_regression, repo_dir=rootdir,
+                self.records,
+                results_dir,
+                ref=ref,
+                current_commit=commit,
+                fail_pct=self.settings.fail_on_regression,
+                repo_dir=rootdir,
             )
             self.messages.append(render_table(cmp))
             ok = not cmp.failed

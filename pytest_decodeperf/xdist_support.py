@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 import pytest
-import torch
 
 GPU_KEY = "decodeperf_gpu"
 RECORDS_KEY = "decodeperf_records"
@@ -22,6 +21,8 @@ def visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [g.strip() for g in visible.split(",") if g.strip()]
+    import torch  # only on the controller of an xdist run with --decodeperf
+
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 

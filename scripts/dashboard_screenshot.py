@@ -20,7 +20,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pytest_decodeperf.asv_history import read_asv_conf
+from pytest_decodeperf.history.config import read_asv_conf
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -62,9 +62,7 @@ def main() -> int:
         print("no chromium found: apt-get install chromium", file=sys.stderr)
         return 2
     conf = read_asv_conf(args.config)
-    subprocess.run(
-        [sys.executable, "-m", "pytest_decodeperf.asv_history", "publish", "--config", args.config], check=True
-    )
+    subprocess.run([sys.executable, "-m", "pytest_decodeperf", "publish", "--config", args.config], check=True)
     index = json.loads((conf.html_dir / "index.json").read_text())
     names = sorted(n for n in index["benchmarks"] if n.endswith("time_decode_per_token"))
     bench = args.benchmark or (names[0] if names else sorted(index["benchmarks"])[0])

@@ -1,4 +1,4 @@
-"""Reproduce the seed article's tables on this machine and write a dated results page.
+"""Reproduce the article's tables on this machine and write a dated results page.
 
     python scripts/gpu_evidence.py --out docs/results            # on a GPU: GPT-2 small, batch 32, 100 tokens
 
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.machine import machine_info, resolve_device
-from pytest_decodeperf.models import default_model_name
+from pytest_decodeperf.engine.machine import machine_info, resolve_device
+from pytest_decodeperf.engine.models import default_model_name
 from pytest_decodeperf.records import ResultRecord
 
 
@@ -69,6 +69,7 @@ def expandable_segments(args: argparse.Namespace, device: str, model: str) -> Re
             sys.executable,
             "-m",
             "pytest_decodeperf",
+            "run",
             "--device",
             device,
             "--models",

@@ -26,9 +26,9 @@ import test_gate_validity as gv
 from test_validity import slowdown
 
 from pytest_decodeperf import Runner, build_model
-from pytest_decodeperf.asv_history import write_history
-from pytest_decodeperf.machine import machine_info
-from pytest_decodeperf.regression import compare_with_history
+from pytest_decodeperf.engine.machine import machine_info
+from pytest_decodeperf.history.compare import compare_with_history
+from pytest_decodeperf.history.storage import write_history
 
 
 def sequential_a_a(model: torch.nn.Module, results: Path, runs: int, rounds: int) -> tuple[list[str], float]:
@@ -39,8 +39,9 @@ def sequential_a_a(model: torch.nn.Module, results: Path, runs: int, rounds: int
     for i in range(runs):
         recs = [runner.run(v, model).record(f"tests/test_gate.py::test_decode[{v.id}]") for v in gv.VARIANTS]
         if i:
-            cmp = compare_with_history(recs, results, machine="seq", current_commit=gv.commit(i),
-                                       fail_pct=gv.FAIL_PCT, repo_dir=None)
+            cmp = compare_with_history(
+                recs, results, machine="seq", current_commit=gv.commit(i), fail_pct=gv.FAIL_PCT, repo_dir=None
+            )
             alarms += [f"run {i}: {r.label.split('.')[-1]} x{r.ratio:.2f}" for r in cmp.regressions]
             worst = max([worst, *(max(r.ratio, 1 / r.ratio) for r in cmp.rows if r.ratio)])
         write_history(recs, machine_info("cpu"), results, gv.commit(i), name="seq", date_ms=1_700_000_000_000 + i)
@@ -59,11 +60,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tempfile.tempdir = tmp  # history lock files
         alarms = gv.a_a_false_alarms(model, Path(tmp) / "aa", runs)
-        print(f"(1) A/A interleaved: {len(alarms)} false alarm(s) in {runs} comparisons x 2 variants x 3 metrics "
-              f"(gate: >{gv.FAIL_PCT:g}% and significant, {gv.ROUNDS} rounds) {alarms}")
+        print(
+            f"(1) A/A interleaved: {len(alarms)} false alarm(s) in {runs} comparisons x 2 variants x 3 metrics "
+            f"(gate: >{gv.FAIL_PCT:g}% and significant, {gv.ROUNDS} rounds) {alarms}"
+        )
         seq, worst = sequential_a_a(model, Path(tmp) / "seq", runs + 1, gv.ROUNDS)
-        print(f"(2) A/A one run after another: {len(seq)} false alarm(s) in {runs} comparisons; "
-              f"largest run-to-run ratio x{worst:.2f} {seq}")
+        print(
+            f"(2) A/A one run after another: {len(seq)} false alarm(s) in {runs} comparisons; "
+            f"largest run-to-run ratio x{worst:.2f} {seq}"
+        )
         cmp = gv.slowdown_comparison(model, Path(tmp) / "slow")
         rows = [r for r in cmp.rows if "per_token" in r.benchmark]
         print("(3) 10% slowdown: " + "; ".join(f"{r.params['stream']} x{r.ratio:.3f} mark {r.mark!r}" for r in rows))

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.decode import DecodeOutput
-from pytest_decodeperf.measure import Clock, Measurement, measure
+from pytest_decodeperf.engine.loop import DecodeOutput
+from pytest_decodeperf.engine.measure import Clock, Measurement, measure
+from pytest_decodeperf.engine.runner import VariantResult
 from pytest_decodeperf.records import ResultRecord
-from pytest_decodeperf.runner import VariantResult
 
 
 def spin(seconds: float) -> None:
@@ -47,7 +47,11 @@ class StepWork:
 
 
 def interleaved(
-    runner: Runner, variant: Variant, model: PreTrainedModel, delays_s: Sequence[float], rounds: int,
+    runner: Runner,
+    variant: Variant,
+    model: PreTrainedModel,
+    delays_s: Sequence[float],
+    rounds: int,
     stopwatch: list[list[float]] | None = None,
 ) -> list[VariantResult]:
     """``variant`` measured once per entry of ``delays_s`` (extra work per step), rounds interleaved.
@@ -77,13 +81,17 @@ def interleaved(
     finally:
         work.remove()
     return [
-        VariantResult(variant, runner.device, workload, Measurement(m.rounds[i::len(delays_s)], []), None)
+        VariantResult(variant, runner.device, workload, Measurement(m.rounds[i :: len(delays_s)], []), None)
         for i in range(len(delays_s))
     ]
 
 
 def records(
-    runner: Runner, variants: Sequence[Variant], model: PreTrainedModel, delays_s: Sequence[float], rounds: int,
+    runner: Runner,
+    variants: Sequence[Variant],
+    model: PreTrainedModel,
+    delays_s: Sequence[float],
+    rounds: int,
     test: Callable[[Variant], str],
 ) -> list[list[ResultRecord]]:
     """Per side, the records of all ``variants`` (each variant's sides interleaved)."""

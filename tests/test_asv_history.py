@@ -20,24 +20,30 @@ from pathlib import Path
 import pytest
 from asv.results import Results
 
-from pytest_decodeperf.asv_history import (
-    SIDECAR,
-    benchmark_name,
-    current_commit,
-    main,
-    read_asv_conf,
-    restore_benchmarks,
-    write_history,
-)
+from pytest_decodeperf.cli import main
 from pytest_decodeperf.errors import DecodePerfError
+from pytest_decodeperf.history.config import current_commit, read_asv_conf
+from pytest_decodeperf.history.schema import SIDECAR, benchmark_name
+from pytest_decodeperf.history.storage import restore_benchmarks, write_history
 from pytest_decodeperf.records import MachineInfo, ResultRecord
 
 MACHINE = "testbox"
 TEST = "perf_tests/test_decode_matrix.py::test_cache_by_stream_mode"
 DECODE = "decodeperf.test_decode_matrix.test_cache_by_stream_mode.time_decode_per_token"
-INFO = MachineInfo(hostname="testbox", platform="Linux-6.1-x86_64", python="3.11.9", cpu="Test CPU", num_cpu=16,
-                   ram_bytes=64 << 30, torch="2.13.0", transformers="5.23.0", cuda=None, device="cpu",
-                   gpu_name=None, gpu_driver=None)
+INFO = MachineInfo(
+    hostname="testbox",
+    platform="Linux-6.1-x86_64",
+    python="3.11.9",
+    cpu="Test CPU",
+    num_cpu=16,
+    ram_bytes=64 << 30,
+    torch="2.13.0",
+    transformers="5.23.0",
+    cuda=None,
+    device="cpu",
+    gpu_name=None,
+    gpu_driver=None,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -68,20 +74,49 @@ def make_record(
     total = [(p + t * (new_tokens - 1)) / 1e3 for p, t in zip(prefill, per_token, strict=True)]
     med = sorted(per_token)[rounds // 2]
     return ResultRecord(
-        test=f"{test}[tiny-gpt2-{cache}-{stream}-b{batch_size}]", model="tiny-gpt2", cache=cache, stream=stream,
-        batch_size=batch_size, new_tokens=new_tokens, stop="eos", compile=False, dtype="float32", device=device,
-        parity="pass", tokens_per_s=1e3 * batch_size / med, ms_per_token=med, prefill_ms=sorted(prefill)[rounds // 2],
-        steps=new_tokens, extra_steps=0, generated_tokens=new_tokens, peak_allocated_bytes=peak,
-        peak_reserved_bytes=None if peak is None else 2 * peak, rounds=rounds, warmup_s=[0.5],
-        samples_s=total, samples_ms_per_token=per_token, samples_prefill_ms=prefill, spread_pct=1.0, note="",
-        stop_reads=new_tokens, syncs_per_token=None, gpu_idle_fraction=None, gpu_idle_us_per_step=None,
-        compiled_graphs=None, graph_breaks=None,
+        test=f"{test}[tiny-gpt2-{cache}-{stream}-b{batch_size}]",
+        model="tiny-gpt2",
+        cache=cache,
+        stream=stream,
+        batch_size=batch_size,
+        new_tokens=new_tokens,
+        stop="eos",
+        compile=False,
+        dtype="float32",
+        device=device,
+        parity="pass",
+        tokens_per_s=1e3 * batch_size / med,
+        ms_per_token=med,
+        prefill_ms=sorted(prefill)[rounds // 2],
+        steps=new_tokens,
+        extra_steps=0,
+        generated_tokens=new_tokens,
+        peak_allocated_bytes=peak,
+        peak_reserved_bytes=None if peak is None else 2 * peak,
+        rounds=rounds,
+        warmup_s=[0.5],
+        samples_s=total,
+        samples_ms_per_token=per_token,
+        samples_prefill_ms=prefill,
+        spread_pct=1.0,
+        note="",
+        stop_reads=new_tokens,
+        syncs_per_token=None,
+        gpu_idle_fraction=None,
+        gpu_idle_us_per_step=None,
+        compiled_graphs=None,
+        graph_breaks=None,
     )
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -106,10 +141,20 @@ def repo(tmp_path: Path) -> tuple[Path, list[str]]:
     (root / "benchmarks").mkdir()
     (root / "benchmarks" / "__init__.py").write_text("")
     (root / "benchmarks" / "bench_other.py").write_text("def time_other():\n    sum(range(100))\n")
-    (root / "asv.conf.json").write_text(json.dumps({
-        "version": 1, "project": "proj", "repo": ".", "branches": ["main"], "environment_type": "existing",
-        "benchmark_dir": "benchmarks", "results_dir": ".asv/results", "html_dir": ".asv/html",
-    }))
+    (root / "asv.conf.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "project": "proj",
+                "repo": ".",
+                "branches": ["main"],
+                "environment_type": "existing",
+                "benchmark_dir": "benchmarks",
+                "results_dir": ".asv/results",
+                "html_dir": ".asv/html",
+            }
+        )
+    )
     git(root, "add", ".")
     hashes = [commit(root, f"commit {i}", 1_700_000_000 + 86_400 * i) for i in range(3)]
     return root, hashes
@@ -166,8 +211,10 @@ def test_round_trip_is_asv_results_format(repo: tuple[Path, list[str]]) -> None:
     stats = res.get_result_stats(DECODE, entry["params"])
     combos = list(itertools.product(*entry["params"]))
     assert len(values) == len(combos) == 8
-    measured = {combos.index(("'tiny-gpt2'", "'static'", "'baseline'", "1")): records[0],
-                combos.index(("'tiny-gpt2'", "'dynamic'", "'pipelined'", "8")): records[1]}
+    measured = {
+        combos.index(("'tiny-gpt2'", "'static'", "'baseline'", "1")): records[0],
+        combos.index(("'tiny-gpt2'", "'dynamic'", "'pipelined'", "8")): records[1],
+    }
     for j, value in enumerate(values):
         if j not in measured:
             assert value is None and samples[j] is None  # flat over the product, null where not measured
@@ -195,7 +242,11 @@ def test_a_param_that_varies_once_stays_a_param(repo: tuple[Path, list[str]]) ->
     rdir = results_dir(repo)
     write(repo, 0, [make_record(new_tokens=64)])
     assert json.loads((rdir / "benchmarks.json").read_text())[DECODE]["param_names"] == [
-        "model", "cache", "stream", "batch_size"]
+        "model",
+        "cache",
+        "stream",
+        "batch_size",
+    ]
     write(repo, 1, [make_record(new_tokens=32)])  # a different constant: never one line with the 64-token numbers
     entry = json.loads((rdir / "benchmarks.json").read_text())[DECODE]
     assert entry["param_names"] == ["model", "cache", "stream", "batch_size", "new_tokens"]
@@ -223,8 +274,14 @@ def test_a_param_split_across_writers_keeps_every_value(repo: tuple[Path, list[s
 def test_merge_keeps_other_benchmarks_and_a_rerun_replaces_its_own(repo: tuple[Path, list[str]]) -> None:
     rdir = results_dir(repo)
     (rdir).mkdir(parents=True)
-    asv_entry = {"name": "bench_other.time_other", "params": [], "param_names": [], "type": "time",
-                 "unit": "seconds", "version": "abc"}
+    asv_entry = {
+        "name": "bench_other.time_other",
+        "params": [],
+        "param_names": [],
+        "type": "time",
+        "unit": "seconds",
+        "version": "abc",
+    }
     (rdir / "benchmarks.json").write_text(json.dumps({"bench_other.time_other": asv_entry, "version": 2}))
     write(repo, 0, [make_record("static", ms=2.0)])
     write(repo, 0, [make_record("dynamic", ms=4.0)])  # same commit, another variant
@@ -311,8 +368,12 @@ def test_a_damaged_history_file_is_reported_and_left_untouched(
 ) -> None:
     rdir = results_dir(repo)
     [result] = write(repo, 0, [make_record()])
-    path = {"result": result, "benchmarks.json": rdir / "benchmarks.json",
-            "machine.json": rdir / MACHINE / "machine.json", "sidecar": rdir / MACHINE / SIDECAR}[victim]
+    path = {
+        "result": result,
+        "benchmarks.json": rdir / "benchmarks.json",
+        "machine.json": rdir / MACHINE / "machine.json",
+        "sidecar": rdir / MACHINE / SIDECAR,
+    }[victim]
     path.write_text(BROKEN[damage](path.read_text()))
     before = snapshot(rdir)
     with pytest.raises(DecodePerfError, match=str(path.name)):
@@ -365,8 +426,9 @@ def test_config_and_commit_helpers(repo: tuple[Path, list[str]], tmp_path: Path)
 def asv(root: Path, *args: str) -> str:
     """The real asv, with its own HOME so the user's ~/.asv-machine.json is never touched."""
     env = {**os.environ, "HOME": str(root.parent / "home"), "TMPDIR": str(root.parent / "tmp")}
-    out = subprocess.run([sys.executable, "-m", "asv", *args], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "asv", *args], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout + out.stderr
 
@@ -388,8 +450,14 @@ def test_asv_compare_run_and_publish_read_what_is_written(repo: tuple[Path, list
     assert DECODE not in json.loads((root / ".asv" / "results" / "benchmarks.json").read_text())
     # ... and publishing through pytest-decodeperf puts ours back first.
     env = {**os.environ, "HOME": str(root.parent / "home"), "TMPDIR": str(root.parent / "tmp")}
-    subprocess.run([sys.executable, "-m", "pytest_decodeperf.asv_history", "publish", "--config", "asv.conf.json"],
-                   cwd=root, env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "pytest_decodeperf", "publish", "--config", "asv.conf.json"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     html = root / ".asv" / "html"
     index = json.loads((html / "index.json").read_text())
     assert DECODE in index["benchmarks"] and "bench_other.time_other" in index["benchmarks"]

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from pytest_decodeperf import Runner, Variant, build_model, check_parity, generate, make_workload
-from pytest_decodeperf.caches import CacheSlot, get_cache
-from pytest_decodeperf.stops import get_stop_policy
+from pytest_decodeperf.engine.caches import CacheSlot, get_cache
+from pytest_decodeperf.engine.stream_modes import get_stop_policy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
@@ -71,6 +71,7 @@ def test_expandable_segments_run_in_their_own_process(tmp_path) -> None:  # type
         sys.executable,
         "-m",
         "pytest_decodeperf",
+        "run",
         "--device",
         "cuda",
         "--caches",

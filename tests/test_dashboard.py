@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_decodeperf.dashboard import CDN_TO_LOCAL, localize
+from pytest_decodeperf.history.dashboard import CDN_TO_LOCAL, localize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ from interleave import records
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.asv_history import write_history
-from pytest_decodeperf.machine import machine_info
+from pytest_decodeperf.engine.machine import machine_info
+from pytest_decodeperf.history.compare import Comparison, compare_with_history
+from pytest_decodeperf.history.storage import write_history
 from pytest_decodeperf.records import ResultRecord
-from pytest_decodeperf.regression import Comparison, compare_with_history
 
 
 @pytest.fixture(autouse=True)

@@ -110,7 +110,7 @@ def test_a_slowdown_fails_the_gate_and_an_unchanged_commit_does_not(pytester: py
     c2 = git(repo, "rev-parse", "HEAD")
     # The dashboard built now shows the slowdown on its regressions page.
     pub = subprocess.run(
-        [sys.executable, "-m", "pytest_decodeperf.asv_history", "publish"],
+        [sys.executable, "-m", "pytest_decodeperf", "publish"],
         cwd=repo,
         capture_output=True,
         text=True,

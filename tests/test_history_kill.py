@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from test_asv_history import make_record
 
-from pytest_decodeperf.asv_history import write_history
+from pytest_decodeperf.history.storage import write_history
 
 WRITER = r"""
 import sys, itertools
 sys.path.insert(0, {tests!r})
 from test_asv_history import make_record
-from pytest_decodeperf.asv_history import write_history
+from pytest_decodeperf.history.storage import write_history
 results = sys.argv[1]
 for i in itertools.count(100):
     recs = [make_record(cache=c, stream=s, seed=i) for c in ("dynamic", "static") for s in ("baseline", "pipelined")]

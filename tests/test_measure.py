@@ -11,7 +11,7 @@ from engine_fixtures import tiny_model  # noqa: F401
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import DecodePerfError, Runner, Variant
-from pytest_decodeperf.instrument import Tracer, parse_profile_steps
+from pytest_decodeperf.engine.nvtx import Tracer, parse_profile_steps
 from pytest_decodeperf.records import ResultRecord
 
 
@@ -85,6 +85,7 @@ def test_the_engine_cli_prints_the_variant_table() -> None:
             sys.executable,
             "-m",
             "pytest_decodeperf",
+            "run",
             "--device",
             "cpu",
             "--caches",
@@ -111,14 +112,14 @@ def test_the_engine_cli_prints_the_variant_table() -> None:
 
 def test_the_engine_cli_reports_bad_input_in_one_line() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pytest_decodeperf", "--caches", "paged"],
+        [sys.executable, "-m", "pytest_decodeperf", "run", "--caches", "paged"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: unknown cache type 'paged'; choose from: dynamic, none, static"
+    assert out.stderr.strip() == "decodeperf: unknown cache type 'paged'; choose from: dynamic, none, static"
 
 
 def test_a_compiled_variant_keeps_its_compile_round_apart_and_counts_graphs(tiny_model: PreTrainedModel) -> None:

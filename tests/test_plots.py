@@ -188,3 +188,36 @@ def test_missing_matplotlib_names_the_extra_to_install(tmp_path: Path, monkeypat
     assert str(info.value) == "--decodeperf-plot needs matplotlib: pip install 'pytest-decodeperf[plot]'"
     assert str(info.value) == MISSING_MATPLOTLIB
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_speedup_figure_shows_exactly_the_tables_vs_baseline_ratios() -> None:
+    """Two tests measure the same config with different baselines: each ratio is over its own test's baseline."""
+    pytest.importorskip("matplotlib")
+    from pytest_decodeperf.plots import _speedup_figure
+    from pytest_decodeperf.report import render_table
+
+    other = "perf_tests/test_y.py::test_decode[{}]"
+    records = [
+        *matrix("cpu")[:8],
+        # A second test of the same model, cache and batch, whose baseline ran at half the speed.
+        record("baseline", test=other.format("b"), tokens_per_s=500.0),
+        record("pipelined", test=other.format("p"), tokens_per_s=600.0),
+    ]
+    table = render_table(records)
+    header = next(line for line in table.splitlines() if "vs baseline" in line)
+    start = header.index("vs baseline")
+    table_ratios = sorted(
+        float(cell.rstrip("x"))
+        for line in table.splitlines()
+        if (cell := line[start : start + len("vs baseline")].strip()).endswith("x") and "baseline" not in line
+    )
+    fig = _speedup_figure(records)
+    figure_ratios = sorted(
+        round(float(y), 3)
+        for ax in fig.axes
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+        for y in line.get_ydata()
+    )
+    assert figure_ratios == table_ratios
+    assert 1.2 in figure_ratios  # test_y's pipelined over test_y's own baseline, not test_x's

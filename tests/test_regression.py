@@ -20,18 +20,19 @@ from test_asv_history import (  # noqa: F401
     write,
 )
 
-from pytest_decodeperf.asv_history import write_history
 from pytest_decodeperf.errors import DecodePerfError
+from pytest_decodeperf.history.compare import Comparison, Row, compare_with_history, render_table
+from pytest_decodeperf.history.storage import write_history
 from pytest_decodeperf.records import ResultRecord
-from pytest_decodeperf.regression import Comparison, Row, compare_with_history, render_table
 
 Repo = tuple[Path, list[str]]
 STATIC = ("'tiny-gpt2'", "'static'", "'baseline'", "1")
 
 
 def compare(repo: Repo, n: int, records: list[ResultRecord], ref: str | None = None, fail_pct: float = 5) -> Comparison:
-    return compare_with_history(records, results_dir(repo), MACHINE, ref=ref, current_commit=repo[1][n],
-                                fail_pct=fail_pct, repo_dir=repo[0])
+    return compare_with_history(
+        records, results_dir(repo), MACHINE, ref=ref, current_commit=repo[1][n], fail_pct=fail_pct, repo_dir=repo[0]
+    )
 
 
 def row(cmp: Comparison, metric: str = "time_decode_per_token", params: tuple[str, ...] = STATIC) -> Row:
@@ -49,7 +50,10 @@ def test_a_20_percent_slower_commit_is_a_regression(repo: Repo) -> None:
     assert decode.mark == "+" and decode.ratio == pytest.approx(1.2, abs=0.02)
     assert decode.old == pytest.approx(2e-3, rel=0.02) and decode.unit == "seconds"
     assert cmp.failed and {r.benchmark.rsplit(".", 1)[1] for r in cmp.regressions} == {
-        "time_decode_per_token", "time_prefill", "time_round"}
+        "time_decode_per_token",
+        "time_prefill",
+        "time_round",
+    }
     table = render_table(cmp)
     assert "Worsened:" in table and "1.20" in table and repo[1][0][:8] in table
     assert "test_cache_by_stream_mode.time_decode_per_token('tiny-gpt2', 'static', 'baseline', 1)" in table
@@ -158,8 +162,14 @@ def test_the_verdicts_are_the_same_as_asv_compare(repo: Repo) -> None:
     write(repo, 1, now)
     ours = {r.label: r.mark for r in compare(repo, 1, now, fail_pct=5).rows}
     env = {**os.environ, "HOME": str(root.parent / "home"), "TMPDIR": str(root.parent / "tmp")}
-    out = subprocess.run([sys.executable, "-m", "asv", "compare", hashes[0], hashes[1], "--factor", "1.05",
-                          "--machine", MACHINE], cwd=root, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "asv", "compare", hashes[0], hashes[1], "--factor", "1.05", "--machine", MACHINE],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     theirs = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.split("|")[1:-1]]

@@ -37,8 +37,10 @@ class Slowdown:
     stopwatch_plain_ms: float
 
     def __str__(self) -> str:
-        return (f"injected {self.injected:.1%}, harness {self.measured:.1%}, stopwatch {self.stopwatch:.1%} "
-                f"(plain: harness {self.plain_ms:.3f} ms/token, stopwatch {self.stopwatch_plain_ms:.3f} ms/step)")
+        return (
+            f"injected {self.injected:.1%}, harness {self.measured:.1%}, stopwatch {self.stopwatch:.1%} "
+            f"(plain: harness {self.plain_ms:.3f} ms/token, stopwatch {self.stopwatch_plain_ms:.3f} ms/step)"
+        )
 
 
 def step_ms(starts: list[float]) -> float:
@@ -76,4 +78,3 @@ def test_a_known_slowdown_is_measured_as_that_slowdown(tiny_model: PreTrainedMod
     assert abs(s.measured - s.stopwatch) <= 0.02, f"the harness and the stopwatch disagree: {s}"
     assert s.measured >= s.injected - 0.02, f"less slowdown measured than injected: {s}"
     assert s.measured <= 2 * s.injected + 0.02, f"far more slowdown measured than injected: {s}"
-

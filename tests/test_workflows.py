@@ -124,7 +124,7 @@ def test_nightly_keeps_history_and_dashboard_even_when_pytest_fails() -> None:
     assert restore["with"] == {"ref": "asv-results", "path": ".asv/results"}
     assert nightly["jobs"]["perf"]["permissions"]["contents"] == "write"
 
-    publish = step_running(nightly, "perf", "python -m pytest_decodeperf.asv_history publish")
+    publish = step_running(nightly, "perf", "decodeperf publish")
     push = step_running(nightly, "perf", "git push")
     summary = step_running(nightly, "perf", "GITHUB_STEP_SUMMARY")
     artifact = step_using(nightly, "perf", "actions/upload-artifact")[0]

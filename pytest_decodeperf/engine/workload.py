@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from ..errors import check_choice, check_positive
 from .caches import CacheSlot, get_cache
-from .decode import generate
-from .errors import check_choice, check_positive
+from .loop import generate
 from .models import pad_token_id, vocab_size
-from .stops import get_stop_policy
+from .stream_modes import get_stop_policy
 
 STOPS = ("eos", "none")
 DEFAULT_PROMPT_LEN = 4

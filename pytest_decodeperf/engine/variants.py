@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+from ..errors import DecodePerfError, check_choice, check_positive
 from .caches import CACHES, get_cache
-from .errors import DecodePerfError, check_choice, check_positive
 from .models import DTYPES
-from .stops import HF_MODES, STOP_POLICIES, check_stream_mode
+from .stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
 from .workload import DEFAULT_PROMPT_LEN, STOPS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -18,22 +18,13 @@ from typing import Any
 
 from asv import util as asv_util
 from asv.commands.compare import _is_result_better
-from asv.plugins.git import Git
 from asv_runner.statistics import get_err
 
-from .asv_history import (
-    PREFIX,
-    Point,
-    commit_date_ms,
-    env_name,
-    git,
-    known_definitions,
-    load_results,
-    machine_name,
-    plan,
-)
-from .errors import DecodePerfError
-from .records import ResultRecord
+from ..errors import DecodePerfError
+from ..records import ResultRecord
+from .config import commit_date_ms, git, local_repo, machine_name
+from .schema import PREFIX, Point, env_name, plan
+from .storage import known_definitions, load_results
 
 MARKS = {"+": "worsened", "-": "improved", "~": "changed, but not significantly", " ": "unchanged"}
 
@@ -96,10 +87,10 @@ def _history(results_dir: Path, machine: str, env: str, warnings: list[str]) -> 
 
 def _order(commits: Sequence[str], dates: dict[str, float], repo_dir: str | Path | None) -> dict[str, float]:
     """asv's commit order (``git rev-list --all --date-order``), else the commit dates in the result files."""
-    top = git(repo_dir, "rev-parse", "--show-toplevel") if repo_dir is not None else None
-    if top is not None:  # asv's Git clones what is not a local repository: give it only the top of one
+    repo = local_repo(repo_dir)
+    if repo is not None:
         try:
-            revisions: dict[str, int] = Git(top, top).get_revisions(set(commits))
+            revisions: dict[str, int] = repo.get_revisions(set(commits))
         except (asv_util.UserError, asv_util.ProcessError, OSError):
             revisions = {}
         if all(c in revisions for c in commits):
@@ -140,8 +131,12 @@ def _old_values(res: Any, benchmark: str) -> dict[tuple[str, ...], tuple[Any, An
     if benchmark not in res.get_all_result_keys():
         return {}
     params = res.get_result_params(benchmark)
-    columns = zip(res.get_result_value(benchmark, params), res.get_result_stats(benchmark, params),
-                  res.get_result_samples(benchmark, params), strict=True)
+    columns = zip(
+        res.get_result_value(benchmark, params),
+        res.get_result_stats(benchmark, params),
+        res.get_result_samples(benchmark, params),
+        strict=True,
+    )
     return dict(zip(itertools.product(*params), columns, strict=True))
 
 
@@ -210,8 +205,10 @@ def compare_with_history(
     defs, points = plan(records, known_definitions(results_dir))
     factor = 1 + fail_pct / 100
     old = {b: _old_values(ref_res, b) for b in defs}
-    cmp.rows = sorted((_row(p, defs[p.benchmark].entry, ref_res, old[p.benchmark], factor) for p in points),
-                      key=lambda r: (r.benchmark, r.label))
+    cmp.rows = sorted(
+        (_row(p, defs[p.benchmark].entry, ref_res, old[p.benchmark], factor) for p in points),
+        key=lambda r: (r.benchmark, r.label),
+    )
     return cmp
 
 
@@ -241,15 +238,26 @@ def render_table(cmp: Comparison) -> str:
         if not rows:
             continue
         table = [header] + [
-            (r.mark, _value(r.old, r.unit, r.old_err), _value(r.new, r.unit, r.new_err),
-             ("~" if r.mark == "~" else "") + (f"{r.ratio:.2f}" if r.ratio is not None else "n/a"),
-             r.label.removeprefix(PREFIX + ".") + (f"  [{r.note}]" if r.note else ""))
+            (
+                r.mark,
+                _value(r.old, r.unit, r.old_err),
+                _value(r.new, r.unit, r.new_err),
+                ("~" if r.mark == "~" else "") + (f"{r.ratio:.2f}" if r.ratio is not None else "n/a"),
+                r.label.removeprefix(PREFIX + ".") + (f"  [{r.note}]" if r.note else ""),
+            )
             for r in rows
         ]
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         lines += ["", title] + [
-            "  ".join([*(cell.rjust(w) if i in (1, 2, 3) else cell.ljust(w) for i, (cell, w) in
-                         enumerate(zip(row[:4], widths, strict=True))), row[4]]).rstrip()
+            "  ".join(
+                [
+                    *(
+                        cell.rjust(w) if i in (1, 2, 3) else cell.ljust(w)
+                        for i, (cell, w) in enumerate(zip(row[:4], widths, strict=True))
+                    ),
+                    row[4],
+                ]
+            ).rstrip()
             for row in table
         ]
     counts = {title: len(rows) for title, rows in sections}

@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from .errors import DecodePerfError, check_choice
+from ..errors import DecodePerfError, check_choice
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -52,7 +52,7 @@ def _tiny_gpt2() -> PreTrainedModel:
 
 
 def _gpt2() -> PreTrainedModel:
-    # GPT-2 small (124M), the seed article's model; pad == eos == bos as in the hub config.
+    # GPT-2 small (124M), the article's model; pad == eos == bos as in the hub config.
     config = GPT2Config(initializer_range=INIT_RANGE, pad_token_id=50256)
     return GPT2LMHeadModel(config)
 
@@ -98,7 +98,7 @@ MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         ModelSpec("tiny-gpt2", "GPT-2, 4 layers, 128 wide, 2k vocab: fast on CPU", _tiny_gpt2),
-        ModelSpec("gpt2", "GPT-2 small (124M), the seed article's model", _gpt2),
+        ModelSpec("gpt2", "GPT-2 small (124M), the article's model", _gpt2),
         ModelSpec("tiny-llama-gqa", "Llama, 4 layers, 8 query / 2 KV heads (GQA)", _tiny_llama_gqa),
         ModelSpec("llama-gqa-1b", "Llama-3.2-1B-shaped, 32 query / 8 KV heads (GQA)", _llama_gqa_1b),
     )
@@ -106,7 +106,7 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def default_model_name(device: torch.device | str) -> str:
-    """The model a run uses when none is named: the seed's GPT-2 on CUDA, a tiny one on CPU."""
+    """The model a run uses when none is named: the article's GPT-2 on CUDA, a tiny one on CPU."""
     return "gpt2" if torch.device(device).type == "cuda" else "tiny-gpt2"
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, PreTrainedModel
 
+from ..errors import DecodePerfError
 from .caches import CacheSlot
-from .errors import DecodePerfError
-from .instrument import NULL_TRACER, Tracer
-from .stops import StopPolicy
+from .nvtx import NULL_TRACER, Tracer
+from .stream_modes import StopPolicy
 
 
 @dataclass
@@ -84,7 +84,7 @@ def generate(
     total = prompt_len + max_new_tokens
     cache_slot.check_capacity(total)
     device = prompts.device
-    # One preallocated sequence buffer: no per-step torch.cat (the seed's fragmentation source).
+    # One preallocated sequence buffer: no per-step torch.cat (the article's fragmentation source).
     seq = torch.full((batch, total), pad_id, dtype=torch.long, device=device)  # [B, P + N]
     seq[:, :prompt_len] = prompts
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]

@@ -15,8 +15,8 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation import utils as gen_utils
 
-from .decode import DecodeOutput
-from .errors import DecodePerfError
+from ..errors import DecodePerfError
+from .loop import DecodeOutput
 from .workload import Workload
 
 # cache type -> generate() arguments

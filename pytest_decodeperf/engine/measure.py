@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .decode import DecodeOutput
+from .loop import DecodeOutput
 
 
 class Clock:
@@ -181,7 +181,7 @@ def _measure(
         timed: list[Round] = []
         for _ in range(rounds):
             if cuda:
-                # As the seed does: each round starts from an empty allocator cache, so the
+                # As the article does: each round starts from an empty allocator cache, so the
                 # reserved peak shows this round's fragmentation, not an earlier round's.
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)

@@ -2,13 +2,14 @@
 
 The decode loop asks a policy three things per step: which stream to launch the step on
 (``launch``), to take the step's all-finished flag (``publish``, called on that stream), and
-whether to stop now (``should_stop``). The four modes of the seed article differ only here:
+whether to stop now (``should_stop``). The four modes of the article this tool grew from
+(*Optimizing Token Generation in PyTorch Decoder Models*, see README) differ only here:
 
 =========  ===================================================================================
 baseline   read the flag of step i right after launching it: a blocking sync every step
 deferred   one stream; copy the flag to pinned memory without blocking, read it one step later
            (what transformers' ``DeferredStopCheck`` does)
-pipelined  the seed's ping-pong: step i runs on stream i % 2, waiting on the other stream; the
+pipelined  the article's ping-pong: step i runs on stream i % 2, waiting on the other stream; the
            host reads step i-1's flag only after step i is launched
 nostop     never read the flag: the upper bound, showing what the stop check itself costs
 =========  ===================================================================================
@@ -17,7 +18,7 @@ A lagged policy (deferred, pipelined) learns of the stop one step late, so one e
 always launched; the loop trims it and counts it. On CPU there are no CUDA streams: the lagged
 policies keep their lag (so parity of the trimming is tested everywhere) and say so in ``note``.
 
-Unlike the seed's listing, the host waits on a CUDA event recorded after the device-to-host copy
+Unlike the article's listing, the host waits on a CUDA event recorded after the device-to-host copy
 before reading a pinned flag: ``wait_stream`` orders streams on the device but does not block the
 host, so reading the pinned tensor without the event can see a stale value.
 """
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DecodePerfError, check_choice
+from ..errors import DecodePerfError, check_choice
 
 
 @dataclass(frozen=True)

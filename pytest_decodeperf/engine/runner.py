@@ -14,16 +14,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from ..records import ResultRecord
 from .caches import CacheSlot, get_cache
-from .decode import DecodeOutput, generate
-from .hf import hf_generate
-from .instrument import NULL_TRACER, Tracer
+from .hf_generate import hf_generate
+from .loop import DecodeOutput, generate
 from .measure import Clock, Measurement, measure
 from .models import build_model
+from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
-from .records import ResultRecord
-from .stops import get_stop_policy
+from .stream_modes import get_stop_policy
 from .variants import Variant
 from .workload import Workload, make_workload
 

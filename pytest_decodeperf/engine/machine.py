@@ -10,7 +10,7 @@ import subprocess
 import torch
 import transformers
 
-from .records import MachineInfo
+from ..records import MachineInfo
 
 
 def _cpu_name() -> str:
@@ -55,6 +55,7 @@ def machine_info(device: torch.device | str) -> MachineInfo:
         cpu=_cpu_name(),
         num_cpu=os.cpu_count() or 0,
         ram_bytes=_ram_bytes(),
+        threads=torch.get_num_threads(),
         torch=torch.__version__,
         transformers=transformers.__version__,
         cuda=torch.version.cuda,
@@ -66,7 +67,7 @@ def machine_info(device: torch.device | str) -> MachineInfo:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is cuda when available, else cpu; ``cuda`` without CUDA is an error."""
-    from .errors import DecodePerfError, check_choice
+    from ..errors import DecodePerfError, check_choice
 
     check_choice("device", name, ("auto", "cpu", "cuda"))
     if name == "auto":

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .decode import DecodeOutput
-from .errors import DecodePerfError
+from ..errors import DecodePerfError
+from .loop import DecodeOutput
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
 

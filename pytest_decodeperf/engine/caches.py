@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from transformers import Cache, DynamicCache, PreTrainedModel, StaticCache
 
-from .errors import DecodePerfError, check_choice
+from ..errors import DecodePerfError, check_choice
 
 CacheFactory = Callable[[PreTrainedModel, int, int], Cache | None]
 
@@ -23,7 +23,7 @@ CacheFactory = Callable[[PreTrainedModel, int, int], Cache | None]
 class CacheStrategy:
     """How to make the ``past_key_values`` for one generation.
 
-    ``feeds_full_sequence``: no cache; every step re-runs the whole sequence (the seed's naive loop).
+    ``feeds_full_sequence``: no cache; every step re-runs the whole sequence (the article's naive loop).
     ``preallocated``: the cache is made once, outside the timed region, and ``reset()`` before each
     generation, the way a server keeps its static cache (allocation is not per request).
     """

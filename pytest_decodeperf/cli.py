@@ -1,0 +1,159 @@
+"""The ``decodeperf`` command: the engine and the history without pytest.
+
+``decodeperf run``      measure a variant matrix with the engine alone and print the table
+``decodeperf publish``  restore this package's benchmark definitions, then ``asv publish``: the dashboard
+``decodeperf restore``  only the first half of publish (after an ``asv run`` dropped our definitions)
+``decodeperf compare``  ``asv compare A B`` on the history, exiting 1 when it shows a worsened benchmark
+
+``python -m pytest_decodeperf ...`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DecodePerfError
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .atomic import write_json_atomic
+    from .engine.machine import machine_info, resolve_device
+    from .engine.models import default_model_name
+    from .engine.runner import Runner
+    from .engine.variants import Variant
+    from .report import render_table
+
+    try:
+        device = resolve_device(args.device)
+        models = _csv(args.models) or [default_model_name(device)]
+        batches = [int(b) for b in _csv(args.batch_sizes)]
+        variants = [
+            Variant(m, c, s, b, args.new_tokens, args.stop).validate(device)
+            for m, c, b, s in itertools.product(models, _csv(args.caches), batches, _csv(args.streams))
+        ]
+        runner = Runner(device, rounds=args.rounds, warmup=args.warmup)
+        records = []
+        for variant in variants:
+            result = runner.run(variant)
+            records.append(result.record())
+            if result.parity is not None and not result.parity.ok:
+                print(result.parity, file=sys.stderr)
+    except (DecodePerfError, ValueError) as exc:
+        print(f"decodeperf: {exc}", file=sys.stderr)
+        return 2
+    print(render_table(records, title=f"decode perf on {device.type}"))
+    if args.json:
+        write_json_atomic(Path(args.json), {"machine": machine_info(device), "results": records})
+    return 1 if any(r["parity"] == "fail" for r in records) else 0
+
+
+def _restore(config: str) -> tuple[int, object]:
+    from .history.config import read_asv_conf
+    from .history.storage import restore_benchmarks
+
+    try:
+        conf = read_asv_conf(config)
+        changed = restore_benchmarks(conf.results_dir) if conf.results_dir.is_dir() else []
+    except DecodePerfError as exc:
+        print(f"decodeperf: {exc}", file=sys.stderr)
+        return 2, None
+    print(f"decodeperf: restored {len(changed)} benchmark definition(s) in {conf.results_dir}", file=sys.stderr)
+    return 0, conf
+
+
+def _publish(args: argparse.Namespace, rest: list[str]) -> int:
+    from .history.config import AsvConfig, git
+
+    code, conf = _restore(args.config)
+    if code or args.command == "restore":
+        return code
+    assert isinstance(conf, AsvConfig)
+    missing = [b for b in conf.branches if git(conf.path.parent, "rev-parse", "--verify", "--quiet", b) is None]
+    if missing and Path(conf.repo).is_dir():
+        print(
+            f"decodeperf: {conf.path} lists branch(es) {', '.join(missing)} that {conf.repo} does not have; "
+            'asv publish graphs commits of those branches: set "branches" to yours',
+            file=sys.stderr,
+        )
+        return 2
+    code = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(conf.path), *rest]).returncode
+    if code == 0 and conf.html_dir.is_dir():
+        from .history.dashboard import localize
+
+        left = localize(conf.html_dir)
+        print(
+            f"decodeperf: dashboard scripts served from {conf.html_dir / 'vendor'}"
+            + (f"; still external: {', '.join(left)}" if left else ""),
+            file=sys.stderr,
+        )
+    return code
+
+
+def _compare(args: argparse.Namespace, rest: list[str]) -> int:
+    """asv compare exits 0 even when it shows regressions: this one exits 1 on a worsened row."""
+    code, _ = _restore(args.config)
+    if code:
+        return code
+    cmd = [sys.executable, "-m", "asv", "compare", "--config", args.config, *rest, args.old, args.new]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stdout.write(out.stdout)
+    sys.stderr.write(out.stderr)
+    if out.returncode:
+        return out.returncode
+    worse = [line for line in out.stdout.splitlines() if line.startswith("+")]
+    if worse:
+        print(f"decodeperf: {len(worse)} benchmark(s) worsened from {args.old} to {args.new}", file=sys.stderr)
+    return 1 if worse else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="decodeperf", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure a variant matrix with the engine alone and print the table")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    run.add_argument("--models", default="", help="comma list (default: the device's default model)")
+    run.add_argument("--caches", default="none,dynamic,static")
+    run.add_argument("--streams", default="baseline,deferred,pipelined,nostop")
+    run.add_argument("--batch-sizes", default="1,8")
+    run.add_argument("--new-tokens", type=int, default=64)
+    run.add_argument("--stop", default="eos", help="eos (rows stop at known steps) or none")
+    run.add_argument("--rounds", type=int, default=5)
+    run.add_argument("--warmup", type=int, default=1)
+    run.add_argument("--json", default=None, help="also write the records to this file")
+    for name, text in (
+        ("publish", "restore our benchmark definitions, then asv publish [ARGS]: the dashboard"),
+        ("restore", "restore our benchmark definitions in benchmarks.json (after an asv run dropped them)"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", default="asv.conf.json", help="asv config (default ./asv.conf.json)")
+    cmp = sub.add_parser("compare", help="asv compare OLD NEW [ARGS]; exits 1 when a benchmark worsened")
+    cmp.add_argument("--config", default="asv.conf.json", help="asv config (default ./asv.conf.json)")
+    cmp.add_argument("old", help="the reference commit (hash, branch or tag)")
+    cmp.add_argument("new", help="the commit to judge")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, rest = parser().parse_known_args(argv)
+    if args.command == "run":
+        if rest:
+            parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        return _run(args)
+    if args.command == "restore" and rest:
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "compare":
+        return _compare(args, rest)
+    return _publish(args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
