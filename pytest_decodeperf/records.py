@@ -23,6 +23,7 @@ class MachineInfo(TypedDict, total=False):
     device: str  # "cpu" or "cuda"
     gpu_name: str | None
     gpu_driver: str | None
+    bandwidth_gb_per_s: float | None  # copy bandwidth measured once per run on the device (engine/roofline.py)
 
 
 class ResultRecord(TypedDict):
@@ -58,3 +59,13 @@ class ResultRecord(TypedDict):
     gpu_idle_us_per_step: float | None
     compiled_graphs: int | None  # compiled variants: graphs dynamo compiled while measuring (recompiles show here)
     graph_breaks: int | None
+    # The decode roofline (engine/roofline.py): bytes a decode step must move (weights, KV read and
+    # written), the device's measured copy bandwidth, and what the measured ms/step achieves against it.
+    bytes_per_step: float | None
+    bandwidth_gb_per_s: float | None
+    floor_ms_per_step: float | None  # bytes_per_step / bandwidth: no decode step can be faster
+    achieved_gb_per_s: float | None
+    bw_fraction: float | None  # achieved / bandwidth
+    times_floor: float | None  # ms_per_token / floor_ms_per_step = 1 / bw_fraction: lower is better (asv)
+    kv_cache_bytes: int | None  # static cache: the nbytes its tensors hold after the run
+    kv_cache_bytes_analytic: int | None  # static cache: what the config says it must allocate

@@ -27,6 +27,8 @@ COLUMNS = (
     "tok/s",
     "spread",
     "ms/token",
+    "floor ms",
+    "% bw",
     "prefill ms",
     "steps",
     "vs baseline",
@@ -116,6 +118,8 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 _fmt(rec["tokens_per_s"], ",.1f"),
                 "±" + _fmt(rec["spread_pct"], ".1f") + "%",
                 _fmt(rec["ms_per_token"], ".3f"),
+                _fmt(rec.get("floor_ms_per_step"), ".3f"),
+                _fmt(100 * f if (f := rec.get("bw_fraction")) is not None else None, ".1f"),
                 _fmt(rec["prefill_ms"], ".2f"),
                 steps,
                 _fmt(speed, ".3f") + "x" if speed is not None else "-",
@@ -123,7 +127,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             ]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    numeric = {3, 4, 5, 6, 7, 8, 10}
+    numeric = {3, 4, 5, 6, 7, 8, 9, 10, 12}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -133,7 +137,9 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     rule = "-" * len(line(cells[0]))
     out = [
         f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
-        "new = max new tokens; steps = forward passes (+ run past the last kept)",
+        "new = max new tokens; floor ms = bytes a decode step must move / measured copy bandwidth, "
+        "% bw = those bytes per measured ms/token over that bandwidth; "
+        "steps = forward passes (+ run past the last kept)",
         rule,
         line(cells[0]),
         rule,
@@ -145,6 +151,6 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             out.append(f"{current}  (stop={rec['stop']})")
         out.append(line(row))
     out.append(rule)
-    notes = sorted({r["note"] for r in rows if r["note"]})
+    notes = sorted({n for r in rows for n in r["note"].split("; ") if n})
     out += [f"note: {n}" for n in notes]
     return "\n".join(out)

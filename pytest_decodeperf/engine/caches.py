@@ -68,6 +68,11 @@ class CacheSlot:
         self.max_len = max_len
         self._kept: Cache | None = strategy.make(model, batch_size, max_len) if strategy.preallocated else None
 
+    @property
+    def kept(self) -> Cache | None:
+        """The preallocated cache (None for a cache made per generation)."""
+        return self._kept
+
     def fresh(self) -> Cache | None:
         """An empty cache for one generation (reset in place when preallocated)."""
         if self._kept is not None:

@@ -23,9 +23,41 @@ from .models import build_model
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
+from .roofline import MIB, StepBytes, achieved, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
 from .stream_modes import get_stop_policy
 from .variants import Variant
 from .workload import Workload, make_workload
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """What a decode step of the variant must move, and what the device can move (engine/roofline.py)."""
+
+    step: StepBytes | None  # None: the config's KV layout is unknown to the analytic model (see note)
+    bandwidth: float  # bytes/s, the device's measured copy bandwidth
+    kv_cache_bytes: int | None = None  # static cache: its tensors' nbytes after the run
+    kv_cache_bytes_analytic: int | None = None
+    note: str = ""
+
+    def fields(self, ms_per_step: float) -> dict[str, Any]:
+        """The record's roofline fields; achieved figures are None without a finite decode time."""
+        out: dict[str, Any] = {
+            "bytes_per_step": self.step.total if self.step else None,
+            "bandwidth_gb_per_s": self.bandwidth / 1e9,
+            "floor_ms_per_step": None,
+            "achieved_gb_per_s": None,
+            "bw_fraction": None,
+            "times_floor": None,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "kv_cache_bytes_analytic": self.kv_cache_bytes_analytic,
+        }
+        if self.step is not None:
+            out["floor_ms_per_step"] = self.step.total / self.bandwidth * 1e3
+            if ms_per_step > 0 and ms_per_step == ms_per_step:  # not NaN: there was a decode step
+                gb_s, fraction, _ = achieved(self.step.total, ms_per_step, self.bandwidth)
+                out["achieved_gb_per_s"], out["bw_fraction"] = gb_s, fraction
+                out["times_floor"] = 1.0 / fraction if fraction > 0 else None
+        return out
 
 
 @dataclass
@@ -38,6 +70,7 @@ class VariantResult:
     measurement: Measurement
     parity: ParityReport | None  # None: baseline itself, or parity not asked for
     profile: ProfileStats | None = None  # CUDA only: syncs and GPU idle of one untimed generation
+    roofline: Roofline | None = None
 
     @property
     def output(self) -> DecodeOutput:
@@ -51,6 +84,8 @@ class VariantResult:
 
     def record(self, test: str | None = None) -> ResultRecord:
         m, v, out = self.measurement, self.variant, self.output
+        roof = self.roofline.fields(m.ms_per_token) if self.roofline else dict.fromkeys(ROOFLINE_FIELDS)
+        notes = [n for n in (out.note, self.roofline.note if self.roofline else "") if n]
         return ResultRecord(
             test=test or f"engine[{v.id}]",
             model=v.model,
@@ -77,14 +112,34 @@ class VariantResult:
             samples_ms_per_token=[r.ms_per_token for r in m.rounds],
             samples_prefill_ms=[1e3 * r.prefill_s for r in m.rounds if r.prefill_s is not None],
             spread_pct=m.spread_pct,
-            note=out.note,
+            note="; ".join(notes),
             stop_reads=out.host_reads,
             compiled_graphs=m.compile_stats.get("unique_graphs") if v.compile else None,
             graph_breaks=m.compile_stats.get("graph_breaks") if v.compile else None,
             syncs_per_token=self.profile.syncs_per_token if self.profile else None,
             gpu_idle_fraction=self.profile.idle.fraction if self.profile else None,
             gpu_idle_us_per_step=self.profile.idle_us_per_step if self.profile else None,
+            bytes_per_step=roof["bytes_per_step"],
+            bandwidth_gb_per_s=roof["bandwidth_gb_per_s"],
+            floor_ms_per_step=roof["floor_ms_per_step"],
+            achieved_gb_per_s=roof["achieved_gb_per_s"],
+            bw_fraction=roof["bw_fraction"],
+            times_floor=roof["times_floor"],
+            kv_cache_bytes=roof["kv_cache_bytes"],
+            kv_cache_bytes_analytic=roof["kv_cache_bytes_analytic"],
         )
+
+
+ROOFLINE_FIELDS = (
+    "bytes_per_step",
+    "bandwidth_gb_per_s",
+    "floor_ms_per_step",
+    "achieved_gb_per_s",
+    "bw_fraction",
+    "times_floor",
+    "kv_cache_bytes",
+    "kv_cache_bytes_analytic",
+)
 
 
 class Runner:
@@ -109,6 +164,40 @@ class Runner:
         self._compiled: dict[tuple[int, bool | str], Any] = {}
         self._workloads: dict[tuple[Any, ...], Workload] = {}
         self._references: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._bandwidth: float | None = None
+        self._last_slot: CacheSlot | None = None
+
+    def bandwidth(self) -> float:
+        """The device's copy bandwidth in bytes/s, measured once per runner (read + write counted)."""
+        if self._bandwidth is None:
+            size = 64 * MIB if self.device.type == "cpu" else 512 * MIB
+            self._bandwidth = measure_bandwidth(self.device, nbytes=size, repeats=5)
+        return self._bandwidth
+
+    def roofline(self, model: PreTrainedModel, variant: Variant, output: DecodeOutput) -> Roofline:
+        """Bytes per decode step of ``variant`` on ``model``, and the static cache's size checked against them."""
+        bandwidth = self.bandwidth()
+        max_len = variant.prompt_len + variant.new_tokens
+        try:
+            step = decode_bytes(
+                model,
+                variant.batch_size,
+                variant.prompt_len,
+                max(output.steps - 1, 1),
+                variant.cache,
+                max_cache_len=max_len,
+            )
+        except ValueError as exc:
+            return Roofline(None, bandwidth, note=f"no roofline: {exc}")
+        roof = Roofline(step, bandwidth, note=step.note if variant.cache == "none" else "")
+        slot = self._last_slot
+        kept = slot.kept if slot is not None and variant.cache == "static" and not variant.is_hf else None
+        if kept is None:
+            return roof
+        actual = cache_tensor_bytes(kept)
+        expected = static_cache_bytes(model.config, model.dtype, variant.batch_size, max_len)
+        note = "" if actual == expected else f"static cache holds {actual:,} bytes, its config says {expected:,}"
+        return Roofline(step, bandwidth, actual, expected, note)
 
     def model(self, name: str, dtype: str = "float32") -> PreTrainedModel:
         key = (name, dtype)
@@ -151,6 +240,7 @@ class Runner:
         target = self._callable(model, variant)
         policy = get_stop_policy(variant.stream)
         slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
+        self._last_slot = slot
 
         def run_loop(clock: Clock) -> DecodeOutput:
             return generate(
@@ -197,6 +287,7 @@ class Runner:
         except torch.OutOfMemoryError:
             self.release()
             raise
+        roofline = self.roofline(model, variant, measurement.last)
         generated = measurement.last.generated.cpu()
         report: ParityReport | None = None
         if variant.stream == "baseline":
@@ -204,7 +295,7 @@ class Runner:
         elif parity:
             expected = self.reference(model, variant, workload)
             report = check_parity(expected, generated, workload.eos_ids, label=variant.id)
-        return VariantResult(variant, self.device, workload, measurement, report, profile)
+        return VariantResult(variant, self.device, workload, measurement, report, profile, roofline)
 
     def release(self) -> None:
         """Drop cached tensors and return freed device memory (after an OOM, or at the end)."""

@@ -57,6 +57,14 @@ METRICS = (
     Metric("time_round", "time", "seconds", "samples_s", 1.0, "wall seconds of one whole generation"),
     Metric("track_peak_allocated_bytes", "track", "bytes", "peak_allocated_bytes", 1, "peak CUDA memory allocated"),
     Metric("track_peak_reserved_bytes", "track", "bytes", "peak_reserved_bytes", 1, "peak CUDA memory reserved"),
+    Metric(
+        "track_times_roofline_floor",
+        "track",
+        "ratio",
+        "times_floor",
+        1.0,
+        "decode ms per step over its memory-bandwidth floor (bytes per step / measured bandwidth)",
+    ),
 )
 _METRIC = {m.name: m for m in METRICS}
 
