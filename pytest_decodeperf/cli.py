@@ -47,13 +47,16 @@ def _run(args: argparse.Namespace) -> int:
             records.append(result.record())
             if result.parity is not None and not result.parity.ok:
                 print(result.parity, file=sys.stderr)
+            if result.syncs is not None and result.syncs.over_budget:
+                print(result.syncs.message(variant.id), file=sys.stderr)
     except (DecodePerfError, ValueError) as exc:
         print(f"decodeperf: {exc}", file=sys.stderr)
         return 2
     print(render_table(records, title=f"decode perf on {device.type}"))
     if args.json:
         write_json_atomic(Path(args.json), {"machine": machine_info(device), "results": records})
-    return 1 if any(r["parity"] == "fail" for r in records) else 0
+    over = any((r["max_syncs_per_step"] or 0) > r["sync_budget"] for r in records if r["sync_budget"] is not None)
+    return 1 if over or any(r["parity"] == "fail" for r in records) else 0
 
 
 def _restore(config: str) -> tuple[int, object]:

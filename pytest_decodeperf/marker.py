@@ -22,6 +22,7 @@ def decode_perf(
     stop: str | Sequence[str] = "eos",
     parity: bool = True,
     compile: bool | str | Sequence[bool | str] = False,
+    max_syncs_per_step: int | None = None,
 ) -> None:
     """Signature of the marker (never called): each keyword takes one value or a sequence."""
 
@@ -29,9 +30,11 @@ def decode_perf(
 SIGNATURE = inspect.signature(decode_perf)
 MARKER_DOC = (
     "decode_perf(models=None, cache=('dynamic',), stream=('baseline', 'pipelined'), batch_size=(1,), "
-    "new_tokens=64, stop='eos', parity=True, compile=False): measure token generation for each "
-    "combination of the given values (models=None: the device's default model) and check that every "
-    "stream mode returns exactly the baseline's tokens. Runs only with --decodeperf."
+    "new_tokens=64, stop='eos', parity=True, compile=False, max_syncs_per_step=None): measure token "
+    "generation for each combination of the given values (models=None: the device's default model) and "
+    "check that every stream mode returns exactly the baseline's tokens; max_syncs_per_step: hidden "
+    "blocking device reads allowed per decode step (None: 0 for the decode loop's modes). "
+    "Runs only with --decodeperf."
 )
 
 
@@ -80,6 +83,9 @@ def parse_marker(
     lengths = tuple(check_positive("new_tokens", n) for n in _seq(a["new_tokens"]))
     stops = tuple(check_choice("stop", s, STOPS) for s in _seq(a["stop"]))
     compiles = tuple(check_compile(value) for value in _seq(a["compile"]))
+    budget = a["max_syncs_per_step"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise DecodePerfError(f"decode_perf max_syncs_per_step must be None or an integer >= 0, got {budget!r}")
     if not isinstance(a["parity"], bool):
         raise DecodePerfError(f"decode_perf parity must be True or False, got {a['parity']!r}")
     for name, values in (

@@ -237,7 +237,9 @@ def _run_item(item: pytest.Item) -> ItemOutcome | None:
     if param is None or MODEL_KEY not in item.stash:
         return None
     session = _session(item.config)
-    outcome = ItemOutcome(*param)
+    marker = item.get_closest_marker(MARKER)
+    budget = marker.kwargs.get("max_syncs_per_step") if marker is not None else None
+    outcome = ItemOutcome(*param, max_syncs_per_step=budget)
     session.run_item(item.nodeid, outcome, item.stash[MODEL_KEY])
     funcargs: dict[str, Any] = getattr(item, "funcargs", {})
     if outcome.result is not None:
@@ -274,6 +276,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     if outcome is not None and outcome.result is not None and outcome.result.parity is not None:
         if not outcome.result.parity.ok:
             pytest.fail(str(outcome.result.parity), pytrace=False)
+    if outcome is not None and outcome.result is not None and outcome.result.syncs is not None:
+        if outcome.result.syncs.over_budget:
+            pytest.fail(outcome.result.syncs.message(outcome.result.variant.id), pytrace=False)
     return result
 
 

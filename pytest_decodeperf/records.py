@@ -55,6 +55,14 @@ class ResultRecord(TypedDict):
     note: str
     stop_reads: int  # blocking host reads of the stop flag in one generation
     syncs_per_token: float | None  # CUDA: host-device syncs per token position (torch.profiler)
+    # Blocking device reads per decode step, counted by op in one untimed generation (engine/syncs.py);
+    # None under torch.compile. "hidden": not the stop policy's declared flag read.
+    syncs_per_step: float | None  # hidden reads, mean per decode step
+    max_syncs_per_step: int | None  # hidden reads in the worst decode step
+    flag_reads_per_step: float | None  # the stop policy's declared flag reads per decode step
+    syncs_outside_steps: int | None  # before the first step or after the loop
+    sync_budget: int | None  # hidden reads allowed per decode step (None: not gated)
+    sync_sites: list[str]  # "file:line op xN" of the hidden reads
     gpu_idle_fraction: float | None  # CUDA: device idle time / device window of one generation
     gpu_idle_us_per_step: float | None
     compiled_graphs: int | None  # compiled variants: graphs dynamo compiled while measuring (recompiles show here)

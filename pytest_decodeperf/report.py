@@ -31,6 +31,7 @@ COLUMNS = (
     "% bw",
     "prefill ms",
     "steps",
+    "syncs/step",
     "vs baseline",
     "parity",
 )
@@ -102,6 +103,16 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _syncs(rec: ResultRecord) -> str:
+    """``hidden+flag`` blocking reads per decode step, ``!`` over the budget; ``-`` when not counted."""
+    hidden, flag = rec.get("syncs_per_step"), rec.get("flag_reads_per_step")
+    if hidden is None or flag is None:
+        return "-"
+    budget, worst = rec.get("sync_budget"), rec.get("max_syncs_per_step")
+    over = "!" if budget is not None and worst is not None and worst > budget else ""
+    return f"{hidden:.3g}+{flag:.3g}{over}"
+
+
 def render_table(records: Sequence[ResultRecord], title: str = "decode perf") -> str:
     rows = sort_records(records)
     cells = [list(COLUMNS)]
@@ -122,12 +133,13 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 _fmt(100 * f if (f := rec.get("bw_fraction")) is not None else None, ".1f"),
                 _fmt(rec["prefill_ms"], ".2f"),
                 steps,
+                _syncs(rec),
                 _fmt(speed, ".3f") + "x" if speed is not None else "-",
                 rec["parity"],
             ]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    numeric = {3, 4, 5, 6, 7, 8, 9, 10, 12}
+    numeric = {3, 4, 5, 6, 7, 8, 9, 10, 12, 13}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -139,7 +151,8 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
         f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
         "new = max new tokens; floor ms = bytes a decode step must move / measured copy bandwidth, "
         "% bw = those bytes per measured ms/token over that bandwidth; "
-        "steps = forward passes (+ run past the last kept)",
+        "steps = forward passes (+ run past the last kept); syncs/step = hidden + stop-flag blocking device reads "
+        "per decode step (! over budget)",
         rule,
         line(cells[0]),
         rule,

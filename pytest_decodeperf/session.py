@@ -30,6 +30,7 @@ class ItemOutcome:
 
     variant: Variant
     parity_required: bool
+    max_syncs_per_step: int | None = None
     result: VariantResult | None = None
     error: str | None = None
 
@@ -89,7 +90,9 @@ class DecodePerfSession:
         import torch
 
         try:
-            result = self.runner.run(variant, model, parity=outcome.parity_required)
+            result = self.runner.run(
+                variant, model, parity=outcome.parity_required, max_syncs_per_step=outcome.max_syncs_per_step
+            )
         except torch.OutOfMemoryError as exc:
             self.runner.release()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"

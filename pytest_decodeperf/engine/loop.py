@@ -7,6 +7,7 @@ EOS, as transformers' generate() does, so every policy returns the same tokens.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from ..errors import DecodePerfError
 from .caches import CacheSlot
 from .nvtx import NULL_TRACER, Tracer
 from .stream_modes import StopPolicy
+from .syncs import SyncCounter, full_causal_mask
+
+_NULL = contextlib.nullcontext()
 
 
 @dataclass
@@ -44,24 +48,56 @@ class DecodeOutput:
         return int(self.tokens.shape[1]) - self.prompt_len
 
 
-def forward_next_token(model: PreTrainedModel, inputs: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-    """Greedy next token for each row. inputs: [B, T] -> [B]."""
-    out = model(inputs, past_key_values=cache, use_cache=cache is not None)
+def forward_next_token(
+    model: PreTrainedModel, inputs: torch.Tensor, cache: Cache | None, causal_mask: bool = False
+) -> torch.Tensor:
+    """Greedy next token for each row. inputs: [B, T] -> [B].
+
+    ``causal_mask``: pass a ready 4-D causal mask (the cache-less loop): without one, transformers'
+    masking code reads a device tensor on the host (``(...).all()`` in a Python ``if``) every forward.
+    """
+    extra: dict[str, torch.Tensor] = {}
+    if causal_mask:
+        batch, length = inputs.shape
+        extra["attention_mask"] = full_causal_mask(batch, length, _float_dtype(model), inputs.device)  # [B,1,T,T]
+    out = model(inputs, past_key_values=cache, use_cache=cache is not None, **extra)
     logits = out.logits[:, -1, :]  # [B, V]
     return torch.argmax(logits, dim=-1)
 
 
-def prefill(model: PreTrainedModel, prompts: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+def _float_dtype(model: PreTrainedModel) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def windowed_attention(model: PreTrainedModel) -> bool:
+    """Sliding or chunked attention: a plain causal mask would be wrong for it."""
+    config = model.config
+    layer_types = getattr(config, "layer_types", None) or ()
+    return bool(
+        getattr(config, "sliding_window", None)
+        or getattr(config, "attention_chunk_size", None)
+        or any(kind != "full_attention" for kind in layer_types)
+    )
+
+
+def prefill(
+    model: PreTrainedModel, prompts: torch.Tensor, cache: Cache | None, causal_mask: bool = False
+) -> torch.Tensor:
     """Run the prompt [B, P] through the model: the first generated token [B]."""
-    return forward_next_token(model, prompts, cache)
+    return forward_next_token(model, prompts, cache, causal_mask)
 
 
 def decode_one_token(
-    model: PreTrainedModel, seq: torch.Tensor, length: int, cache: Cache | None, full_sequence: bool
+    model: PreTrainedModel,
+    seq: torch.Tensor,
+    length: int,
+    cache: Cache | None,
+    full_sequence: bool,
+    causal_mask: bool = False,
 ) -> torch.Tensor:
     """Next token [B] given seq[:, :length]; the naive loop feeds it all, a cached one the last token."""
     inputs = seq[:, :length] if full_sequence else seq[:, length - 1 : length]  # [B, T] or [B, 1]
-    return forward_next_token(model, inputs, cache)
+    return forward_next_token(model, inputs, cache, causal_mask)
 
 
 def generate(
@@ -74,11 +110,13 @@ def generate(
     pad_id: int,
     tracer: Tracer = NULL_TRACER,
     on_prefill: Callable[[], None] | None = None,
+    syncs: SyncCounter | None = None,
 ) -> DecodeOutput:
     """Greedy-decode up to ``max_new_tokens`` per row of ``prompts`` [B, P].
 
     ``eos_ids`` [E] (on the model's device) are the stop tokens; empty means run to the end.
     ``on_prefill`` is called on the prefill's stream right after it is launched (for timing).
+    ``syncs``: a counter that attributes blocking reads to steps; the stop check's read is declared.
     """
     batch, prompt_len = prompts.shape
     total = prompt_len + max_new_tokens
@@ -88,9 +126,10 @@ def generate(
     seq = torch.full((batch, total), pad_id, dtype=torch.long, device=device)  # [B, P + N]
     seq[:, :prompt_len] = prompts
     finished = torch.zeros(batch, dtype=torch.bool, device=device)  # [B]
-    pad = torch.tensor(pad_id, dtype=torch.long, device=device)
+    pad = torch.full((), pad_id, dtype=torch.long, device=device)  # no pageable H2D copy, unlike torch.tensor
     cache = cache_slot.fresh()
     full_sequence = cache_slot.strategy.feeds_full_sequence
+    causal_mask = full_sequence and not windowed_attention(model)
 
     run = policy.start(device)
     stopped_after: int | None = None  # index of the last step kept when a stop was read
@@ -98,13 +137,15 @@ def generate(
     with tracer.generation():
         for step in range(max_new_tokens):
             tracer.on_step(step)
+            if syncs is not None:
+                syncs.step(step)
             length = prompt_len + step
             with tracer.range(f"step {step}"), run.launch(step):
                 with tracer.range("forward", "green"):
                     if step == 0:
-                        token = prefill(model, prompts, cache)
+                        token = prefill(model, prompts, cache, causal_mask)
                     else:
-                        token = decode_one_token(model, seq, length, cache, full_sequence)
+                        token = decode_one_token(model, seq, length, cache, full_sequence, causal_mask)
                 # Rows that already finished emit pad; then a row finishes on an EOS.
                 token = torch.where(finished, pad, token)  # [B]
                 seq[:, length] = token
@@ -113,11 +154,13 @@ def generate(
                 if step == 0 and on_prefill is not None:
                     on_prefill()
             steps += 1
-            with tracer.range("stop check", "red"):
+            with tracer.range("stop check", "red"), syncs.declared() if syncs is not None else _NULL:
                 if run.should_stop(step):
                     stopped_after = policy.read_slot(step)
                     break
         run.finish()
+    if syncs is not None:
+        syncs.outside()  # what follows is after the loop, in no step
 
     kept = max_new_tokens if stopped_after is None else stopped_after + 1
     if policy.lag is None and eos_ids.numel() > 0:

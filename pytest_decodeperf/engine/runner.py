@@ -25,6 +25,8 @@ from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
 from .roofline import MIB, StepBytes, achieved, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
 from .stream_modes import get_stop_policy
+from .syncs import SyncCounter, SyncReport, no_padding_check
+from .syncs import report as sync_report
 from .variants import Variant
 from .workload import Workload, make_workload
 
@@ -71,6 +73,7 @@ class VariantResult:
     parity: ParityReport | None  # None: baseline itself, or parity not asked for
     profile: ProfileStats | None = None  # CUDA only: syncs and GPU idle of one untimed generation
     roofline: Roofline | None = None
+    syncs: SyncReport | None = None  # blocking reads per decode step, counted in one untimed generation
 
     @property
     def output(self) -> DecodeOutput:
@@ -86,6 +89,9 @@ class VariantResult:
         m, v, out = self.measurement, self.variant, self.output
         roof = self.roofline.fields(m.ms_per_token) if self.roofline else dict.fromkeys(ROOFLINE_FIELDS)
         notes = [n for n in (out.note, self.roofline.note if self.roofline else "") if n]
+        if self.syncs is None and not v.is_hf:
+            notes.append("syncs not counted under torch.compile")
+        s = self.syncs
         return ResultRecord(
             test=test or f"engine[{v.id}]",
             model=v.model,
@@ -117,6 +123,12 @@ class VariantResult:
             compiled_graphs=m.compile_stats.get("unique_graphs") if v.compile else None,
             graph_breaks=m.compile_stats.get("graph_breaks") if v.compile else None,
             syncs_per_token=self.profile.syncs_per_token if self.profile else None,
+            syncs_per_step=s.hidden_per_step if s else None,
+            max_syncs_per_step=s.max_hidden if s else None,
+            flag_reads_per_step=s.declared_per_step if s else None,
+            syncs_outside_steps=s.outside if s else None,
+            sync_budget=s.budget if s else None,
+            sync_sites=list(s.sites) if s else [],
             gpu_idle_fraction=self.profile.idle.fraction if self.profile else None,
             gpu_idle_us_per_step=self.profile.idle_us_per_step if self.profile else None,
             bytes_per_step=roof["bytes_per_step"],
@@ -266,8 +278,63 @@ class Runner:
                 self._references[key] = once(Clock(self.device)).generated.cpu()
         return self._references[key]
 
-    def run(self, variant: Variant, model: PreTrainedModel | None = None, parity: bool = True) -> VariantResult:
-        """Measure ``variant`` (on ``model``, else the zoo model it names) and check its parity."""
+    def count_syncs(
+        self, model: PreTrainedModel, variant: Variant, workload: Workload, budget: int | None
+    ) -> SyncReport | None:
+        """Blocking device reads per decode step of one untimed generation (None under torch.compile).
+
+        Deterministic on every device: the reads are counted by op (``engine/syncs.py``), not timed.
+        generate()'s steps are marked by a forward pre-hook; its stop check counts as hidden there.
+        """
+        if variant.compile:
+            return None
+        counter = SyncCounter(self.device)
+        # not inference_mode: a dispatch mode sees no op inside it (torch 2.13)
+        with torch.no_grad(), no_padding_check(model):
+            if variant.is_hf:
+                calls = 0
+
+                def mark(_module: torch.nn.Module, _args: Any) -> None:
+                    nonlocal calls
+                    counter.step(calls)
+                    calls += 1
+
+                handle = model.register_forward_pre_hook(mark)
+                try:
+                    with counter:
+                        hf_generate(model, workload, variant.cache, variant.stream == "hf-deferred")
+                finally:
+                    handle.remove()
+            else:
+                policy = get_stop_policy(variant.stream)
+                slot = CacheSlot(
+                    get_cache(variant.cache), model, variant.batch_size, variant.prompt_len + variant.new_tokens
+                )
+                prompts, eos, pad = workload.prompts, workload.eos_ids, workload.pad_id
+                with counter:
+                    generate(model, prompts, workload.max_new_tokens, slot, policy, eos, pad, syncs=counter)
+        if budget is None and not variant.is_hf:
+            budget = 0  # the decode loop's own modes: no read outside the stop policy's declared one
+        return sync_report(counter, budget)
+
+    def run(
+        self,
+        variant: Variant,
+        model: PreTrainedModel | None = None,
+        parity: bool = True,
+        max_syncs_per_step: int | None = None,
+    ) -> VariantResult:
+        """Measure ``variant`` (on ``model``, else the zoo model it names) and check its parity.
+
+        ``max_syncs_per_step``: hidden blocking reads allowed per decode step (default 0 for the
+        decode loop's modes, not gated for generate()'s); the result says when it is exceeded.
+        """
+        with no_padding_check(model if model is not None else self.model(variant.model, variant.dtype)):
+            return self._run(variant, model, parity, max_syncs_per_step)
+
+    def _run(
+        self, variant: Variant, model: PreTrainedModel | None, parity: bool, max_syncs_per_step: int | None
+    ) -> VariantResult:
         variant.validate(self.device)
         model = model if model is not None else self.model(variant.model, variant.dtype)
         workload = self.workload(model, variant)
@@ -288,6 +355,7 @@ class Runner:
             self.release()
             raise
         roofline = self.roofline(model, variant, measurement.last)
+        syncs = self.count_syncs(model, variant, workload, max_syncs_per_step)
         generated = measurement.last.generated.cpu()
         report: ParityReport | None = None
         if variant.stream == "baseline":
@@ -295,7 +363,7 @@ class Runner:
         elif parity:
             expected = self.reference(model, variant, workload)
             report = check_parity(expected, generated, workload.eos_ids, label=variant.id)
-        return VariantResult(variant, self.device, workload, measurement, report, profile, roofline)
+        return VariantResult(variant, self.device, workload, measurement, report, profile, roofline, syncs)
 
     def release(self) -> None:
         """Drop cached tensors and return freed device memory (after an OOM, or at the end)."""

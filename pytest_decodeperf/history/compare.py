@@ -23,7 +23,7 @@ from asv_runner.statistics import get_err
 from ..errors import DecodePerfError
 from ..records import ResultRecord
 from .config import commit_date_ms, git, local_repo, machine_name
-from .schema import PREFIX, Point, env_name, plan
+from .schema import METRIC_BY_NAME, PREFIX, Point, env_name, plan
 from .storage import known_definitions, load_results
 
 MARKS = {"+": "worsened", "-": "improved", "~": "changed, but not significantly", " ": "unchanged"}
@@ -164,8 +164,12 @@ def _row(point: Point, entry: dict[str, Any], ref_res: Any, old: dict[tuple[str,
     value, stats, samples = old.get(point.params, (None, None, None))
     if value is None or value != value:  # None: not measured there; NaN: skipped
         return replace(base, note="no earlier value")
-    ratio = point.value / value if value else math.inf
-    mark = _mark(value, point.value, (stats, samples), (point.stats, point.samples), factor)
+    ratio = point.value / value if value else (1.0 if point.value == value else math.inf)
+    metric = METRIC_BY_NAME.get(point.benchmark.rsplit(".", 1)[-1])
+    if metric is not None and metric.exact:  # a count does not vary: any increase is a regression
+        mark = "+" if point.value > value else "-" if point.value < value else " "
+    else:
+        mark = _mark(value, point.value, (stats, samples), (point.stats, point.samples), factor)
     return replace(base, old=float(value), ratio=ratio, mark=mark, old_err=_err(value, stats))
 
 

@@ -40,6 +40,7 @@ class Metric:
     field: str  # the record's samples (a list) or value
     scale: float  # to ``unit``
     doc: str
+    exact: bool = False  # deterministic: any increase is a regression, no statistics
 
     def samples(self, rec: ResultRecord) -> list[float] | None:
         raw: Any = rec.get(self.field)
@@ -58,6 +59,15 @@ METRICS = (
     Metric("track_peak_allocated_bytes", "track", "bytes", "peak_allocated_bytes", 1, "peak CUDA memory allocated"),
     Metric("track_peak_reserved_bytes", "track", "bytes", "peak_reserved_bytes", 1, "peak CUDA memory reserved"),
     Metric(
+        "track_syncs_per_step",
+        "track",
+        "count",
+        "syncs_per_step",
+        1.0,
+        "hidden blocking device reads per decode step (counted by op, deterministic)",
+        exact=True,
+    ),
+    Metric(
         "track_times_roofline_floor",
         "track",
         "ratio",
@@ -66,7 +76,7 @@ METRICS = (
         "decode ms per step over its memory-bandwidth floor (bytes per step / measured bandwidth)",
     ),
 )
-_METRIC = {m.name: m for m in METRICS}
+METRIC_BY_NAME = {m.name: m for m in METRICS}
 
 
 @dataclass(frozen=True)
@@ -136,7 +146,7 @@ def merge_definitions(name: str, defs: Sequence[Definition]) -> Definition:
     named |= {dim for dim in OPTIONAL_PARAMS if len({d.constants[dim] for d in defs if dim in d.constants}) > 1}
     names = [n for n in PARAM_ORDER if n in named]
     lists = [d.lists() for d in defs]
-    metric, last = _METRIC.get(name.rsplit(".", 1)[-1]), defs[-1].entry
+    metric, last = METRIC_BY_NAME.get(name.rsplit(".", 1)[-1]), defs[-1].entry
     entry = {
         "name": name,
         "type": metric.type if metric else last.get("type", "track"),

@@ -1,0 +1,428 @@
+"""Count the host-blocking device reads of a decode loop, deterministically, even on CPU.
+
+On CUDA these block the host until the device catches up: ``aten._local_scalar_dense`` (behind
+``.item()``, ``bool(t)``, ``int(t)``, ``float(t)``, ``if t:``, ``x in t``, ``range(t)``, ``x[:t]``),
+``aten.nonzero``, ``aten.equal``, device-to-host copies (``.tolist()``, ``.cpu()``, ``.to("cpu")``,
+``aten._to_copy``/``aten.copy_`` into a host tensor) and pageable host-to-device builds
+(``torch.tensor(value, device=dev)``). On CPU they cost nothing, so whether an op is a "device read"
+is decided here by the op, never by timing.
+
+What dispatches where on CPU (torch 2.13; ``tests/test_syncs.py`` checks it):
+
+* ``.item()``, ``bool(t)``, ``if t:``, ``int(t)``, ``float(t)``, ``x in t`` (eq + any + read),
+  ``range(t)``/``x[:t]``/``x[t]`` (``__index__``): ``aten._local_scalar_dense``. ``aten.is_nonzero``
+  is CompositeImplicit and never reaches a dispatch mode; it shows up as ``_local_scalar_dense``.
+* ``torch.nonzero``/``x.nonzero()``: ``aten.nonzero``; ``torch.equal``: ``aten.equal``.
+* ``.tolist()``, ``.cpu()``, ``.to("cpu")`` of a CPU tensor: *nothing* dispatches. They are seen by a
+  companion ``TorchFunctionMode`` (``Tensor.tolist``/``Tensor.cpu``/``Tensor.to``) instead.
+* ``torch.tensor(v)``/``torch.as_tensor(v)`` and list indices ``x[:, [-1, 0]]``: ``aten.lift_fresh``
+  on a CPU tensor, with or without ``device=``. The ``device=`` argument is only visible at the
+  function level, so ``torch.tensor(v, device=<compute device>)`` is counted from there.
+* ``.to(torch.float)``, ``.to("cpu", copy=True)``: ``aten._to_copy``; ``dst.copy_(src)``: ``aten.copy_``.
+
+Not visible, or ambiguous, on a CPU counter: a ``copy_``/``_to_copy`` between two CPU tensors (every
+``seq[:, i] = tok`` is a ``copy_``), ``.to(device_object)`` whose target equals the compute device
+(same as the host on CPU), and copies made inside a kernel (``aten.index`` moving a host index
+tensor to the device). On a non-CPU counter those are decided by the tensors' devices.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Literal, NamedTuple
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["StepCount", "SyncCounter", "SyncEvent", "SyncReport", "full_causal_mask", "no_padding_check"]
+
+Kind = Literal["read", "d2h", "h2d"]
+
+_aten = torch.ops.aten
+# Ops that read device memory on the host whatever the tensors' devices (the op type decides).
+_READ_OPS: dict[torch._ops.OpOverloadPacket, str] = {
+    _aten._local_scalar_dense: "_local_scalar_dense",
+    _aten.is_nonzero: "is_nonzero",
+    _aten.nonzero: "nonzero",
+    _aten.equal: "equal",
+}
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_THIS_FILE = os.path.abspath(__file__)
+_HOST = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class SyncEvent:
+    """One blocking read: the op, where it came from (``file:line``), the step, and whether declared."""
+
+    op: str
+    kind: Kind
+    site: str
+    step: int | None
+    declared: bool
+
+
+class StepCount(NamedTuple):
+    hidden: int
+    declared: int
+
+
+def _short(path: str) -> str:
+    marker = os.sep + "site-packages" + os.sep
+    if marker in path:
+        return path.split(marker, 1)[1]
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _site() -> str:
+    """``file:line`` of the innermost frame outside torch's package and this module."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(_TORCH_DIR) and filename != _THIS_FILE:
+            return f"{_short(filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>:0"
+
+
+def _device_of(value: object) -> torch.device | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.device):
+        return value
+    if isinstance(value, (str, int)):
+        return torch.device(value)
+    return None
+
+
+class _FunctionLevel(TorchFunctionMode):
+    """Sees the Python-level calls that dispatch nothing on CPU (``tolist``, ``cpu``, ``tensor(device=)``)."""
+
+    def __init__(self, owner: SyncCounter) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __torch_function__(
+        self,
+        func: Callable[..., object],
+        types: Sequence[type],
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
+    ) -> object:
+        kw = dict(kwargs or {})
+        hit = self.owner._classify_function(func, args, kw)
+        if hit is None:
+            return func(*args, **kw)
+        self.owner._suppress += 1  # the aten ops under this call are the same event
+        try:
+            result = func(*args, **kw)
+        finally:
+            self.owner._suppress -= 1
+        # An empty build (DynamicLayer's ``torch.tensor([], device=d)``) copies no bytes: copy_ returns early.
+        if not (hit[1] == "h2d" and isinstance(result, torch.Tensor) and result.numel() == 0):
+            self.owner._record(hit[0], hit[1])
+        return result
+
+
+class SyncCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
+    """Counts host-blocking device reads, per decode step, attributed to the calling ``file:line``.
+
+    ``device`` is the compute device the loop runs on; copies are counted when they move data
+    between it and the host. Use as ``with SyncCounter(device) as counter:``; mark steps with
+    ``counter.step(i)`` (a plain call or a ``with``) and the stop policy's own flag read with
+    ``with counter.declared():``.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.device = torch.device(device)
+        self.events: list[SyncEvent] = []
+        self._step: int | None = None
+        self._last_step = -1
+        self._declared = 0
+        self._suppress = 0
+        self._function_level = _FunctionLevel(self)
+
+    # -- context management ----------------------------------------------------------------
+    def __enter__(self) -> SyncCounter:
+        self._function_level.__enter__()  # type: ignore[no-untyped-call]  # torch leaves these untyped
+        super().__enter__()  # type: ignore[no-untyped-call]
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        try:
+            super().__exit__(exc_type, exc_val, exc_tb)  # type: ignore[no-untyped-call]
+        finally:
+            self._function_level.__exit__(exc_type, exc_val, exc_tb)  # type: ignore[no-untyped-call]
+
+    @contextmanager
+    def declared(self) -> Iterator[None]:
+        """Reads in this region are the loop's declared ones (the stop-flag read), not hidden."""
+        self._declared += 1
+        try:
+            yield
+        finally:
+            self._declared -= 1
+
+    def outside(self) -> None:
+        """What follows belongs to no step (after the loop)."""
+        self._step = None
+
+    def step(self, index: int) -> _StepScope:
+        """Attribute what follows to decode step ``index`` (prefill is step 0)."""
+        return _StepScope(self, index)
+
+    # -- classification ----------------------------------------------------------------------
+    def _on_device(self, t: object) -> bool:
+        return isinstance(t, torch.Tensor) and t.device == self.device
+
+    def _classify_function(
+        self, func: Callable[..., object], args: Sequence[object], kw: Mapping[str, object]
+    ) -> tuple[str, Kind] | None:
+        name = getattr(func, "__name__", "")
+        if name in ("tensor", "as_tensor") and func in (torch.tensor, torch.as_tensor):
+            target = _device_of(kw.get("device"))
+            if target is not None and target == self.device:
+                return f"{name}(device=)", "h2d"
+            return None
+        if not args or not self._on_device(args[0]):
+            return None
+        if name == "tolist":
+            return "tolist", "d2h"
+        if name == "numpy":
+            return "numpy", "d2h"
+        if name == "cpu":
+            return "cpu", "d2h"
+        if name == "to":
+            target = _device_of(kw.get("device"))
+            if target is None and len(args) > 1:
+                target = _device_of(args[1])
+            if target is None or target != _HOST:
+                return None
+            # On a CPU counter only an explicit "cpu" string says "to the host"; a device object
+            # equal to the (CPU) compute device is the ordinary "keep it where it is" idiom.
+            spelled = kw.get("device", args[1] if len(args) > 1 else None)
+            if self.device == _HOST and not isinstance(spelled, str):
+                return None
+            return "to(cpu)", "d2h"
+        return None
+
+    def _classify_aten(
+        self, func: torch._ops.OpOverload, args: Sequence[object], kwargs: Mapping[str, object]
+    ) -> tuple[str, Kind] | None:
+        read = _READ_OPS.get(func.overloadpacket)
+        if read is not None:
+            return read, "read"
+        if self.device == _HOST:
+            return None  # host<->device copies are indistinguishable from host<->host ones on CPU
+        packet = func.overloadpacket
+        if packet is _aten._to_copy and args and self._on_device(args[0]):
+            if _device_of(kwargs.get("device")) == _HOST:
+                return "_to_copy", "d2h"
+        elif packet is _aten.copy_ and len(args) > 1:
+            dst, src = args[0], args[1]
+            if isinstance(dst, torch.Tensor) and dst.device == _HOST and self._on_device(src):
+                return "copy_", "d2h"
+            if self._on_device(dst) and isinstance(src, torch.Tensor) and src.device == _HOST:
+                return "copy_(h2d)", "h2d"
+        elif packet is _aten.lift_fresh and args and self._on_device(args[0]):
+            return "lift_fresh", "h2d"
+        return None
+
+    def _record(self, op: str, kind: Kind) -> None:
+        self.events.append(SyncEvent(op, kind, _site(), self._step, self._declared > 0))
+
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: Sequence[type],
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
+    ) -> object:
+        kw = dict(kwargs or {})
+        if self._suppress == 0:
+            hit = self._classify_aten(func, args, kw)
+            if hit is not None:
+                self._record(hit[0], hit[1])
+        return func(*args, **kw)
+
+    # -- reports -------------------------------------------------------------------------------
+    def hidden(self) -> list[SyncEvent]:
+        return [e for e in self.events if not e.declared]
+
+    def per_step(self) -> list[StepCount]:
+        """(hidden, declared) counts for steps 0..last seen; events outside any step are left out."""
+        last = max([self._last_step, *(e.step for e in self.events if e.step is not None)])
+        hidden = [0] * (last + 1)
+        declared = [0] * (last + 1)
+        for e in self.events:
+            if e.step is None:
+                continue
+            if e.declared:
+                declared[e.step] += 1
+            else:
+                hidden[e.step] += 1
+        return [StepCount(h, d) for h, d in zip(hidden, declared, strict=True)]
+
+    def sites(self, step: int | None = None) -> collections.Counter[str]:
+        """``"file:line op"`` -> count, for hidden reads (of one step if given)."""
+        return collections.Counter(
+            f"{e.site} {e.op}" for e in self.events if not e.declared and (step is None or e.step == step)
+        )
+
+    def over_budget(self, max_per_step: int) -> list[str]:
+        """One message per step whose hidden reads exceed ``max_per_step``, naming each ``file:line``."""
+        messages = []
+        for index, count in enumerate(self.per_step()):
+            if count.hidden > max_per_step:
+                where = ", ".join(f"{site} x{n}" for site, n in sorted(self.sites(index).items()))
+                messages.append(
+                    f"step {index}: {count.hidden} hidden blocking read(s) > budget {max_per_step}: {where}"
+                )
+        return messages
+
+    def summary(self, budget: int | None = None) -> str:
+        """A small text report: per-step counts and the hidden-read sites."""
+        counts = self.per_step()
+        lines = [f"SyncCounter(device={self.device}): {len(self.events)} blocking read(s), {len(counts)} step(s)"]
+        for index, count in enumerate(counts):
+            flag = " OVER" if budget is not None and count.hidden > budget else ""
+            lines.append(f"  step {index:3d}: hidden={count.hidden} declared={count.declared}{flag}")
+        outside = sum(1 for e in self.events if e.step is None)
+        if outside:
+            lines.append(f"  outside steps: {outside}")
+        for site, n in self.sites().most_common():
+            lines.append(f"  {n:5d}  {site}")
+        if budget is not None:
+            over = self.over_budget(budget)
+            lines.append(f"budget {budget}/step: " + ("ok" if not over else f"{len(over)} step(s) over"))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """Blocking reads of one generation per decode step (prefill, step 0, is not a decode step).
+
+    ``hidden``: reads nobody declared (a measurement bug unless budgeted); ``declared``: the stop
+    policy's own flag read. ``outside``: reads before the first step or after the loop.
+    """
+
+    decode_steps: int
+    hidden_per_step: float  # mean over decode steps
+    max_hidden: int  # the most in one decode step
+    declared_per_step: float
+    outside: int
+    sites: tuple[str, ...]  # "file:line op xN" of the hidden reads in decode steps
+    budget: int | None  # hidden reads allowed per decode step; None: not gated
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.max_hidden > self.budget
+
+    def message(self, label: str) -> str:
+        """The one line an item fails with: how many, where, and how to declare them."""
+        return (
+            f"{label}: {self.max_hidden} hidden blocking device read(s) in a decode step, budget "
+            f"{self.budget} (max_syncs_per_step=); each stalls the GPU every step: " + ", ".join(self.sites)
+        )
+
+
+def report(counter: SyncCounter, budget: int | None) -> SyncReport:
+    """The counter's decode steps (1..last) summed up against ``budget``."""
+    counts = counter.per_step()[1:]
+    n = len(counts)
+    sites: collections.Counter[str] = collections.Counter()
+    for step in range(1, n + 1):
+        sites.update(counter.sites(step))
+    return SyncReport(
+        decode_steps=n,
+        hidden_per_step=sum(c.hidden for c in counts) / n if n else 0.0,
+        max_hidden=max((c.hidden for c in counts), default=0),
+        declared_per_step=sum(c.declared for c in counts) / n if n else 0.0,
+        outside=sum(1 for e in counter.events if e.step is None),
+        sites=tuple(f"{site} x{count}" for site, count in sorted(sites.items())),
+        budget=budget,
+    )
+
+
+class _StepScope:
+    """Returned by ``SyncCounter.step``: takes effect at once; as a ``with`` it restores on exit."""
+
+    def __init__(self, counter: SyncCounter, index: int) -> None:
+        self.counter = counter
+        self.previous = counter._step
+        counter._step = index
+        counter._last_step = max(counter._last_step, index)
+
+    def __enter__(self) -> _StepScope:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self.counter._step = self.previous
+
+
+# -- removing transformers' hidden reads for the engine's own calls ---------------------------------
+
+_PADDING_CHECK = "warn_if_padding_and_no_attention_mask"
+
+
+def _skip_padding_check(input_ids: object, attention_mask: object) -> None:
+    return None
+
+
+@contextmanager
+def no_padding_check(model: torch.nn.Module) -> Iterator[None]:
+    """Skip ``PreTrainedModel.warn_if_padding_and_no_attention_mask`` on this model instance only.
+
+    The check (transformers ``modeling_utils``) does ``pad_token_id in input_ids[:, [-1, 0]]``: a
+    host read every forward (GPT-2's ``GPT2Model.forward`` calls it on ``model.transformer``). An
+    instance attribute shadows the class method for ``model`` and its submodules; other instances
+    and user code are untouched, and the attributes are removed (or restored) on exit.
+    """
+    saved: list[tuple[torch.nn.Module, object | None]] = []
+    for module in model.modules():
+        if not callable(getattr(type(module), _PADDING_CHECK, None)):
+            continue
+        saved.append((module, module.__dict__.get(_PADDING_CHECK)))
+        object.__setattr__(module, _PADDING_CHECK, _skip_padding_check)
+    try:
+        yield
+    finally:
+        for module, previous in saved:
+            if previous is None:
+                module.__dict__.pop(_PADDING_CHECK, None)
+            else:
+                object.__setattr__(module, _PADDING_CHECK, previous)
+
+
+def full_causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A ready 4-D additive causal mask [B, 1, T, T] (0 = attend, dtype-min = masked).
+
+    transformers ``masking_utils._preprocess_mask_arguments`` returns a 4-D mask as-is, before
+    ``find_packed_sequence_indices`` (whose ``(packed_sequence_mask[:, -1] == 0).all()`` is a host
+    read on every cache-less forward). Additive float works for both the sdpa and eager paths.
+    """
+    blocked = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)  # [T, T]
+    mask = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
+    return mask.expand(batch, 1, length, length)
