@@ -2,7 +2,7 @@
 
     python scripts/validity_figures.py [--quick]
 
-Prints, with the helpers of tests/test_gate_validity.py and tests/test_validity.py:
+Prints, with the helpers of scripts/validity_lib.py:
 (1) the regression gate's false alarms over ten A/A comparisons, both sides' rounds interleaved;
 (2) the same gate over eleven runs measured one after another (what a nightly sees: the
     machine's drift between runs included), with the largest run-to-run ratio;
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import test_gate_validity as gv
-from test_validity import slowdown
+import validity_lib as gv
+from validity_lib import slowdown
 
 from pytest_decodeperf import Runner, build_model
 from pytest_decodeperf.engine.machine import machine_info

@@ -5,9 +5,10 @@ fail ``--decodeperf-compare`` and show in ``asv publish``'s regressions; commit 
 code again and must pass (A/A). Then ``asv compare`` and ``asv publish`` read what pytest wrote.
 
 These are separate pytest processes, one after another, on a shared 2-core VM whose speed swings
-by up to 50% between runs (measured; see README's validity section), so this test gates at 30%
-and injects +2 ms on a ~1-2 ms step: it proves the plumbing. The gate's statistics at the default
-5% are proven by tests/test_gate_validity.py, on interleaved measurements.
+by up to 50% between runs (measured; see README's validity section), so this test gates at 100%
+and injects +20 ms on a 1-8 ms step (3x or more): it proves the plumbing and cannot flake. The
+gate's statistics are unit-tested on synthetic samples (tests/test_regression.py); their live
+figures come from scripts/validity_figures.py.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ ARGS = [
     "--decodeperf-warmup=1",
     "--decodeperf-asv",
     "--decodeperf-compare",
-    "--decodeperf-fail-on-regression=30",
+    "--decodeperf-fail-on-regression=100",
     "--benchmark-disable",
     "-p",
     "no:cacheprovider",
@@ -102,10 +103,10 @@ def test_a_slowdown_fails_the_gate_and_an_unchanged_commit_does_not(pytester: py
     first.stdout.fnmatch_lines(["*nothing to compare with*", "*decode perf history written to*"])
     c1 = git(repo, "rev-parse", "HEAD")
 
-    slow = commit_and_run(pytester, repo, "slow", 0.002)  # +2 ms per step on a ~1 ms step
+    slow = commit_and_run(pytester, repo, "slow", 0.02)  # +20 ms per step on a 1-8 ms step: 3x or more
     assert slow.ret == pytest.ExitCode.TESTS_FAILED, slow.stdout.str()
     slow.stdout.fnmatch_lines(
-        ["*Worsened:*", "*time_decode_per_token*", "*significant regression(s) worse by more than 30%*"]
+        ["*Worsened:*", "*time_decode_per_token*", "*significant regression(s) worse by more than 100%*"]
     )
     c2 = git(repo, "rev-parse", "HEAD")
     # The dashboard built now shows the slowdown on its regressions page.
@@ -128,8 +129,6 @@ def test_a_slowdown_fails_the_gate_and_an_unchanged_commit_does_not(pytester: py
     same.stdout.fnmatch_lines(["*Improved:*"])
     compare_c1 = [*(a for a in ARGS if a != "--decodeperf-compare"), f"--decodeperf-compare={c1[:8]}"]
     again = pytester.runpytest_subprocess(*compare_c1)
-    if again.ret != 0:  # one re-measure for a run disturbed by the shared machine (see test_gate_validity)
-        again = pytester.runpytest_subprocess(*compare_c1)
     assert again.ret == 0, again.stdout.str()
     assert "significant regression" not in again.stdout.str()
 

@@ -166,6 +166,9 @@ def _row(point: Point, entry: dict[str, Any], ref_res: Any, old: dict[tuple[str,
         return replace(base, note="no earlier value")
     ratio = point.value / value if value else (1.0 if point.value == value else math.inf)
     metric = METRIC_BY_NAME.get(point.benchmark.rsplit(".", 1)[-1])
+    if metric is not None and not metric.gate:
+        base = replace(base, old=float(value), ratio=ratio, note="not gated: the floor moves with each run's bandwidth")
+        return base
     if metric is not None and metric.exact:  # a count does not vary: any increase is a regression
         mark = "+" if point.value > value else "-" if point.value < value else " "
     else:

@@ -41,6 +41,7 @@ class Metric:
     scale: float  # to ``unit``
     doc: str
     exact: bool = False  # deterministic: any increase is a regression, no statistics
+    gate: bool = True  # False: recorded for the dashboard, never a regression (see compare.py)
 
     def samples(self, rec: ResultRecord) -> list[float] | None:
         raw: Any = rec.get(self.field)
@@ -74,6 +75,7 @@ METRICS = (
         "times_floor",
         1.0,
         "decode ms per step over its memory-bandwidth floor (bytes per step / measured bandwidth)",
+        gate=False,  # the floor moves with each run's bandwidth measurement: shown, never judged
     ),
 )
 METRIC_BY_NAME = {m.name: m for m in METRICS}
