@@ -16,6 +16,7 @@ from test_asv_history import make_record, repo, results_dir, write  # noqa: F401
 from test_regression import compare, row
 
 from pytest_decodeperf import Runner, Variant
+from pytest_decodeperf.engine.device_runtime import HostRuntime
 from pytest_decodeperf.engine.stream_modes import STOP_POLICIES, StopPolicy, StopRun
 from pytest_decodeperf.report import render_table
 
@@ -70,7 +71,9 @@ def test_an_extra_read_in_the_loop_fails_the_budget_naming_its_line(
 ) -> None:
     policy = StopPolicy("peeking", 1, 1, "deferred, but peeks at the flag every step")
     monkeypatch.setitem(STOP_POLICIES, "peeking", policy)
-    monkeypatch.setattr(StopPolicy, "start", lambda self, device: ReadsInPublish(self, device))
+    monkeypatch.setattr(
+        StopPolicy, "start", lambda self, device, runtime=None: ReadsInPublish(self, device, runtime or HostRuntime())
+    )
     result = runner.run(
         Variant("tiny-gpt2", cache="dynamic", stream="peeking", batch_size=2, new_tokens=6, stop="none")
     )

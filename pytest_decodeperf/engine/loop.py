@@ -16,6 +16,7 @@ from transformers import Cache, PreTrainedModel
 
 from ..errors import DecodePerfError
 from .caches import CacheSlot
+from .device_runtime import DeviceRuntime
 from .nvtx import NULL_TRACER, Tracer
 from .stream_modes import StopPolicy
 from .syncs import SyncCounter, full_causal_mask
@@ -111,12 +112,14 @@ def generate(
     tracer: Tracer = NULL_TRACER,
     on_prefill: Callable[[], None] | None = None,
     syncs: SyncCounter | None = None,
+    runtime: DeviceRuntime | None = None,
 ) -> DecodeOutput:
     """Greedy-decode up to ``max_new_tokens`` per row of ``prompts`` [B, P].
 
     ``eos_ids`` [E] (on the model's device) are the stop tokens; empty means run to the end.
     ``on_prefill`` is called on the prefill's stream right after it is launched (for timing).
     ``syncs``: a counter that attributes blocking reads to steps; the stop check's read is declared.
+    ``runtime``: the device seam (default: the device's own; tests pass the CUDA simulator).
     """
     batch, prompt_len = prompts.shape
     total = prompt_len + max_new_tokens
@@ -131,7 +134,7 @@ def generate(
     full_sequence = cache_slot.strategy.feeds_full_sequence
     causal_mask = full_sequence and not windowed_attention(model)
 
-    run = policy.start(device)
+    run = policy.start(device, runtime)
     stopped_after: int | None = None  # index of the last step kept when a stop was read
     steps = 0
     with tracer.generation():

@@ -13,47 +13,53 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from .device_runtime import DeviceRuntime, runtime_for
 from .loop import DecodeOutput
 
 
 class Clock:
-    """Marks start, end of prefill, and end of one generation on ``device``."""
+    """Marks start, end of prefill, and end of one generation on ``device``.
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    CUDA's events come from the device runtime (``device_runtime.py``), fresh each round, so a round
+    that never marks its prefill cannot read the previous round's mark.
+    """
+
+    def __init__(self, device: torch.device, runtime: DeviceRuntime | None = None):
+        self.runtime = runtime if runtime is not None else runtime_for(device)
+        self.cuda = self.runtime.has_streams
         self.device = device
         self._t: list[float] = []
-        if self.cuda:
-            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]  # type: ignore[no-untyped-call]
+        self._events: list[Any] = []
 
     def start(self) -> None:
         if self.cuda:
-            torch.cuda.synchronize(self.device)  # nothing queued before may count
-            self._events[0].record()
+            self.runtime.synchronize()  # nothing queued before may count
+            self._events = [self.runtime.new_event(timing=True)]
+            self.runtime.record(self._events[0])
         else:
             self._t = [time.perf_counter()]
 
     def mark_prefill(self) -> None:
         """Called on the prefill's stream right after the prefill is launched."""
         if self.cuda:
-            self._events[1].record()
+            self._events.append(self.runtime.new_event(timing=True))
+            self.runtime.record(self._events[-1])
         else:
             self._t.append(time.perf_counter())
 
     def stop(self) -> tuple[float, float | None]:
         """End the round: (total seconds, prefill seconds or None if never marked)."""
         if self.cuda:
-            start, prefill, end = self._events
-            end.record()
-            end.synchronize()
-            total = start.elapsed_time(end) / 1e3
-            try:
-                pre: float | None = start.elapsed_time(prefill) / 1e3
-            except RuntimeError:  # prefill event never recorded
-                pre = None
+            end = self.runtime.new_event(timing=True)
+            self.runtime.record(end)
+            self.runtime.synchronize_event(end)
+            start = self._events[0]
+            total = self.runtime.elapsed_s(start, end)
+            pre = self.runtime.elapsed_s(start, self._events[1]) if len(self._events) > 1 else None
             return total, pre
         now = time.perf_counter()
         pre_cpu = self._t[1] - self._t[0] if len(self._t) > 1 else None
@@ -90,6 +96,7 @@ class Measurement:
     rounds: list[Round]
     warmup_s: list[float] = field(default_factory=list)
     compile_stats: dict[str, int] = field(default_factory=dict)  # dynamo counters during these rounds
+    memory_rounds: list[Round] = field(default_factory=list)  # CUDA: the untimed round memory is read in
 
     @property
     def last(self) -> DecodeOutput:
@@ -121,7 +128,7 @@ class Measurement:
         return 100.0 * (q3 - q1) / statistics.median(values)
 
     def peak(self, attr: str) -> int | None:
-        values = [getattr(r, attr) for r in self.rounds if getattr(r, attr) is not None]
+        values = [getattr(r, attr) for r in [*self.memory_rounds, *self.rounds] if getattr(r, attr) is not None]
         return max(values) if values else None
 
 
@@ -180,17 +187,22 @@ def _measure(
             changed = settled is not None and settled() != before
         timed: list[Round] = []
         for _ in range(rounds):
-            if cuda:
-                # As the article does: each round starts from an empty allocator cache, so the
-                # reserved peak shows this round's fragmentation, not an earlier round's.
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
             clock.start()
             out = run_once(clock)
             total, pre = clock.stop()
-            rnd = Round(total, pre, out)
-            if cuda:
-                rnd.peak_allocated_bytes = int(torch.cuda.max_memory_allocated(device))
-                rnd.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(device))
-            timed.append(rnd)
-    return Measurement(timed, warm)
+            timed.append(Round(total, pre, out))
+        memory: list[Round] = []
+        if cuda:
+            # Memory has its own untimed round: as the article does, it starts from an empty
+            # allocator cache, so the reserved peak shows this variant's fragmentation. Emptying
+            # the cache before timed rounds would time cudaMalloc calls instead of decoding.
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            clock.start()
+            out = run_once(clock)
+            clock.stop()
+            rnd = Round(0.0, None, out)
+            rnd.peak_allocated_bytes = int(torch.cuda.max_memory_allocated(device))
+            rnd.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(device))
+            memory.append(rnd)
+    return Measurement(timed, warm, memory_rounds=memory)

@@ -28,10 +28,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..errors import DecodePerfError, check_choice
+from .device_runtime import DeviceRuntime, runtime_for
 
 
 @dataclass(frozen=True)
@@ -46,47 +48,63 @@ class StopPolicy:
     def supports(self, device: torch.device) -> bool:
         return device.type in ("cpu", "cuda")
 
-    def start(self, device: torch.device) -> StopRun:
-        if not self.supports(device):
-            raise DecodePerfError(
-                f"stream mode {self.name!r} cannot run on device {device.type!r}; it runs on cpu and cuda"
-            )
-        return StopRun(self, device)
+    def start(self, device: torch.device, runtime: DeviceRuntime | None = None) -> StopRun:
+        """This policy's state for one generation on ``device`` (through ``runtime``, default the device's)."""
+        if runtime is None:
+            if not self.supports(device):
+                raise DecodePerfError(
+                    f"stream mode {self.name!r} cannot run on device {device.type!r}; it runs on cpu and cuda"
+                )
+            runtime = runtime_for(device)
+        return StopRun(self, device, runtime)
 
     def read_slot(self, step: int) -> int:
         """Which step's flag the host reads after launching ``step`` (test doubles override this)."""
         return step - (self.lag or 0)
 
+    def ring_size(self) -> int:
+        """Pinned flag slots: the flag of step i must survive until it is read, ``lag`` steps later."""
+        return (self.lag or 0) + 1
+
 
 class StopRun:
-    """A policy's state during one generation: streams, pinned flags, events, and counters."""
+    """A policy's state during one generation: streams, pinned flags, events, and counters.
 
-    def __init__(self, policy: StopPolicy, device: torch.device):
+    Every device call goes through ``runtime`` (``device_runtime.py``), so CPU CI can run this
+    logic under a simulator with CUDA's visibility rules (``sim_cuda.py``).
+    """
+
+    def __init__(self, policy: StopPolicy, device: torch.device, runtime: DeviceRuntime):
         self.policy = policy
         self.device = device
-        self.cuda = device.type == "cuda"
+        self.runtime = runtime
+        self.async_flags = runtime.has_streams and policy.lag is not None and policy.lag > 0
         self.host_reads = 0
-        self._flags: list[torch.Tensor | None] = [None, None]
-        self._events: list[torch.cuda.Event] = []
-        self._streams: list[torch.cuda.Stream] = []
-        self._last_stream: torch.cuda.Stream | None = None
-        if self.cuda and policy.lag is not None and policy.lag > 0:
-            self._flags = [torch.zeros((), dtype=torch.bool, pin_memory=True) for _ in range(2)]
-            self._events = [torch.cuda.Event() for _ in range(2)]  # type: ignore[no-untyped-call]
-        if self.cuda and policy.streams > 1:
-            origin = torch.cuda.current_stream(device)
-            self._streams = [torch.cuda.Stream(device=device) for _ in range(policy.streams)]  # type: ignore[no-untyped-call]
+        slots = policy.ring_size()
+        self._flags: list[torch.Tensor | None] = [None] * slots
+        self._events: list[Any] = []
+        self._streams: list[Any] = []
+        self._last_stream: Any = None
+        if self.async_flags:
+            self._flags = [runtime.pinned_flag() for _ in range(slots)]
+            self._events = [runtime.new_event() for _ in range(slots)]
+        if runtime.has_streams and policy.streams > 1:
+            origin = runtime.current_stream()
+            self._streams = [runtime.new_stream() for _ in range(policy.streams)]
             for stream in self._streams:
                 # Work queued before the loop (prompt copy, cache reset) must land first.
-                stream.wait_stream(origin)
+                runtime.wait_stream(stream, origin)
 
     @property
     def note(self) -> str:
-        if self.policy.lag and not self.cuda:
+        if self.policy.lag and not self.runtime.has_streams:
             return f"{self.device.type}: lagged stop check without CUDA streams"
         if self._streams:
-            return f"cuda: {len(self._streams)} streams"
+            return f"{self.device.type}: {len(self._streams)} streams"
         return ""
+
+    def slot(self, step: int) -> int:
+        return step % len(self._flags)
 
     @contextlib.contextmanager
     def launch(self, step: int) -> Iterator[None]:
@@ -97,27 +115,26 @@ class StopRun:
         stream = self._streams[step % len(self._streams)]
         previous = self._streams[(step - 1) % len(self._streams)]
         # Token i needs token i-1 and the cache it wrote: order the streams on the device.
-        stream.wait_stream(previous)
+        self.runtime.wait_stream(stream, previous)
         # Every tensor the loop allocates on one stream is read by the next only after this
         # wait, and a freed block is reused by its own stream only two steps later, after a
         # wait on the stream in between: the caching allocator cannot hand out live memory.
-        with torch.cuda.stream(stream):
+        with self.runtime.stream(stream):
             yield
         self._last_stream = stream
 
     def publish(self, step: int, all_finished: torch.Tensor) -> None:
         """Take step ``step``'s all-finished flag (a 0-dim bool tensor on the device)."""
-        lag = self.policy.lag
-        if lag is None:
+        if self.policy.lag is None:
             return
-        slot = step % 2
-        if lag == 0 or not self.cuda:
+        slot = self.slot(step)
+        if not self.async_flags:
             self._flags[slot] = all_finished
             return
         flag = self._flags[slot]
         assert flag is not None
-        flag.copy_(all_finished, non_blocking=True)
-        self._events[slot].record()  # on the current (this step's) stream, after the copy
+        self.runtime.copy_to_host(flag, all_finished)
+        self.runtime.record(self._events[slot])  # on the current (this step's) stream, after the copy
 
     def should_stop(self, step: int) -> bool:
         """After launching ``step``: has the flag the policy reads now said every row finished?"""
@@ -126,19 +143,20 @@ class StopRun:
         read = self.policy.read_slot(step)
         if read < 0:
             return False
-        slot = read % 2
+        slot = self.slot(read)
         flag = self._flags[slot]
         if flag is None:
             return False
-        if self.cuda and self.policy.lag > 0:
-            self._events[slot].synchronize()  # the copy has landed in pinned memory
         self.host_reads += 1
-        return bool(flag.item())
+        if self.async_flags:
+            self.runtime.synchronize_event(self._events[slot])  # the copy has landed in pinned memory
+            return self.runtime.read_flag(flag)
+        return self.runtime.read_device(flag)
 
     def finish(self) -> None:
         """Join the side streams back into the current stream before anyone reads the result."""
         if self._streams and self._last_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._last_stream)
+            self.runtime.wait_stream(self.runtime.current_stream(), self._last_stream)
 
 
 STOP_POLICIES: dict[str, StopPolicy] = {}
