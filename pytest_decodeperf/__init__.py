@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from .engine.loop import DecodeOutput, generate
     from .engine.models import MODELS, build_model, default_model_name
     from .engine.parity import ParityReport, check_parity
-    from .engine.runner import Runner, VariantResult
+    from .engine.results import VariantResult
+    from .engine.runner import Runner
     from .engine.stream_modes import STOP_POLICIES, StopPolicy, register_stop_policy
     from .engine.variants import Variant
     from .engine.workload import Workload, make_workload
@@ -39,7 +40,7 @@ _LAZY: dict[str, str] = {
     "ParityReport": "engine.parity",
     "check_parity": "engine.parity",
     "Runner": "engine.runner",
-    "VariantResult": "engine.runner",
+    "VariantResult": "engine.results",
     "STOP_POLICIES": "engine.stream_modes",
     "StopPolicy": "engine.stream_modes",
     "register_stop_policy": "engine.stream_modes",

@@ -18,12 +18,12 @@ from .marker import MARKER_DOC, parse_marker, variant_id
 from .options import Settings, add_options, load_settings, source_of
 from .plots import MISSING_MATPLOTLIB
 from .session import DecodePerfSession, ItemOutcome
-from .xdist_support import RECORDS_KEY, assign_gpu, pin_worker_gpu
+from .xdist_support import RECORDS_KEY, assign_gpu, check_worker_gpu, pin_worker_gpu
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from .engine.runner import VariantResult
+    from .engine.results import VariantResult
     from .engine.variants import Variant
     from .records import ResultRecord
 
@@ -47,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
             session.device  # noqa: B018 - resolve now: --decodeperf-device=cuda without CUDA is a usage error
         except DecodePerfError as exc:
             raise pytest.UsageError(f"pytest-decodeperf: {exc} (from {source_of(config, 'device')})") from None
+        if session.device.type == "cuda":
+            check_worker_gpu(config)
         if settings.plot is not None:
             try:
                 import matplotlib  # noqa: F401

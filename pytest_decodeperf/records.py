@@ -55,6 +55,7 @@ class ResultRecord(TypedDict):
     note: str
     stop_reads: int  # blocking host reads of the stop flag in one generation
     syncs_per_token: float | None  # CUDA: host-device syncs per token position (torch.profiler)
+    draining_syncs_per_token: float | None  # CUDA: of those, cudaStream/DeviceSynchronize (not the lagged event waits)
     # Blocking device reads per decode step, counted by op in one untimed generation (engine/syncs.py);
     # None under torch.compile. "hidden": not the stop policy's declared flag read.
     syncs_per_step: float | None  # hidden reads, mean per decode step

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from .engine.runner import Runner, VariantResult
+    from .engine.results import VariantResult
+    from .engine.runner import Runner
     from .engine.variants import Variant
 
 

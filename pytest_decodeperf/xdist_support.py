@@ -45,3 +45,23 @@ def pin_worker_gpu(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput and workerinput.get(GPU_KEY) is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(workerinput[GPU_KEY])
+
+
+def check_worker_gpu(config: pytest.Config) -> None:
+    """Worker side, after CUDA is up: the pin took only if this worker sees exactly one GPU.
+
+    CUDA reads ``CUDA_VISIBLE_DEVICES`` once, at initialisation: a conftest or plugin that touched
+    CUDA before ours pinned the worker leaves it seeing every GPU, timing on someone else's.
+    """
+    workerinput = getattr(config, "workerinput", None)
+    if not workerinput or workerinput.get(GPU_KEY) is None:
+        return
+    import torch
+
+    seen = torch.cuda.device_count()
+    if seen != 1:
+        raise pytest.UsageError(
+            f"pytest-decodeperf: worker {workerinput.get('workerid')} was assigned GPU {workerinput[GPU_KEY]} but sees "
+            f"{seen} GPUs: CUDA was initialised before the plugin could set CUDA_VISIBLE_DEVICES (a conftest importing "
+            "and using torch.cuda at import time?)"
+        )

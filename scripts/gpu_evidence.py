@@ -91,7 +91,11 @@ def expandable_segments(args: argparse.Namespace, device: str, model: str) -> Re
             "--json",
             str(out),
         ]
-        env = {**os.environ, "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+        env = {
+            **os.environ,
+            "PYTORCH_ALLOC_CONF": "expandable_segments:True",
+            "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        }
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         (rec,) = json.loads(out.read_text())["results"]
         return rec  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from pytest_decodeperf import Runner, Variant
 from pytest_decodeperf.engine.loop import DecodeOutput
 from pytest_decodeperf.engine.measure import Clock, Measurement, measure
-from pytest_decodeperf.engine.runner import VariantResult
+from pytest_decodeperf.engine.results import VariantResult
 from pytest_decodeperf.records import ResultRecord
 
 

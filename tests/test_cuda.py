@@ -66,7 +66,11 @@ def test_hf_deferred_stop_check_matches_baseline_on_cuda(cuda_model) -> None:  #
 
 def test_expandable_segments_run_in_their_own_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "x.json"
-    env = {**os.environ, "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    env = {
+        **os.environ,
+        "PYTORCH_ALLOC_CONF": "expandable_segments:True",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    }
     cmd = [
         sys.executable,
         "-m",
@@ -91,3 +95,85 @@ def test_expandable_segments_run_in_their_own_process(tmp_path) -> None:  # type
     assert proc.returncode == 0, proc.stderr
     (rec,) = json.loads(out.read_text())["results"]
     assert rec["peak_reserved_bytes"] > 0
+
+
+# --- the sync budget and the stream logic on real CUDA (issue 13) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cuda_llama():  # type: ignore[no-untyped-def]
+    return build_model("tiny-llama-gqa", device="cuda")
+
+
+def _decode_llama(model, stream: str, cache: str, batch: int = 8, sleep_cycles: int = 0):  # type: ignore[no-untyped-def]
+    """One generation; ``sleep_cycles`` stalls each forward on its stream first, widening race windows."""
+    from pytest_decodeperf.engine.syncs import no_padding_check
+
+    w = make_workload(model, batch, 24, "eos", seed=batch)
+    slot = CacheSlot(get_cache(cache), model, batch, w.prompts.shape[1] + 24)
+    hook = None
+    if sleep_cycles:
+        hook = model.register_forward_pre_hook(lambda *_: torch.cuda._sleep(sleep_cycles))
+    try:
+        with torch.inference_mode(), no_padding_check(model):
+            out = generate(model, w.prompts, 24, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+        torch.cuda.synchronize()
+    finally:
+        if hook is not None:
+            hook.remove()
+    return w, out
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_slow_producing_stream_does_not_break_pipelined_parity(cuda_llama, cache: str) -> None:  # type: ignore[no-untyped-def]
+    _, expected = _decode_llama(cuda_llama, "baseline", cache)
+    for stream in ("deferred", "pipelined"):
+        w, out = _decode_llama(cuda_llama, stream, cache, sleep_cycles=2_000_000)  # ~1 ms per forward
+        report = check_parity(expected.generated, out.generated, w.eos_ids, f"{cache}-{stream}-slowed")
+        assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_lagged_modes_make_no_synchronizing_call_inside_the_loop(cuda_llama, cache: str) -> None:  # type: ignore[no-untyped-def]
+    """torch's sync debug mode raises on any synchronizing CUDA call (.item(), pageable copies...)."""
+    for stream in ("deferred", "pipelined", "nostop"):
+        _decode_llama(cuda_llama, stream, cache)  # warm: lazy allocations are not the loop's
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            from pytest_decodeperf.engine.syncs import no_padding_check
+
+            w = make_workload(cuda_llama, 8, 24, "none", seed=8)
+            slot = CacheSlot(get_cache(cache), cuda_llama, 8, w.prompts.shape[1] + 24)
+            with torch.inference_mode(), no_padding_check(cuda_llama):
+                generate(cuda_llama, w.prompts, 24, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+def test_the_pipelined_loop_passes_torchs_cuda_sanitizer() -> None:
+    code = (
+        "import torch\n"
+        "from pytest_decodeperf import build_model, make_workload, generate\n"
+        "from pytest_decodeperf.engine.caches import CacheSlot, get_cache\n"
+        "from pytest_decodeperf.engine.stream_modes import get_stop_policy\n"
+        "m = build_model('tiny-llama-gqa', device='cuda')\n"
+        "w = make_workload(m, 4, 16, 'eos')\n"
+        "for stream in ('deferred', 'pipelined'):\n"
+        "    slot = CacheSlot(get_cache('dynamic'), m, 4, w.prompts.shape[1] + 16)\n"
+        "    with torch.inference_mode():\n"
+        "        generate(m, w.prompts, 16, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    env = {**os.environ, "TORCH_CUDA_SANITIZER": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "CSAN detected" not in out.stderr, out.stderr[-3000:]
+
+
+def test_pipelined_drains_the_stream_less_often_than_baseline(cuda_llama) -> None:  # type: ignore[no-untyped-def]
+    runner = Runner("cuda", rounds=2, warmup=1)
+    recs = {
+        s: runner.run(Variant("tiny-llama-gqa", "static", s, 8, 32, stop="none"), cuda_llama).record()
+        for s in ("baseline", "pipelined")
+    }
+    assert recs["pipelined"]["syncs_per_step"] == 0 and recs["baseline"]["syncs_per_step"] == 0
+    assert recs["pipelined"]["draining_syncs_per_token"] < recs["baseline"]["draining_syncs_per_token"]

@@ -317,7 +317,7 @@ def test_every_record_carries_the_roofline_and_the_static_cache_matches_its_conf
 
 
 def test_a_model_whose_kv_layout_is_unknown_still_measures_and_says_why() -> None:
-    from pytest_decodeperf.engine.runner import Roofline
+    from pytest_decodeperf.engine.results import Roofline
 
     fields = Roofline(None, 8e9, note="no roofline: FooConfig: cannot tell").fields(2.0)
     assert fields["bytes_per_step"] is None and fields["bw_fraction"] is None

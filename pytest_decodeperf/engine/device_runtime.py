@@ -32,6 +32,10 @@ class DeviceRuntime(Protocol):
 
     def new_stream(self) -> Any: ...
 
+    def side_streams(self, count: int) -> list[Any]:
+        """``count`` streams of this runtime's own, made once and reused by every generation."""
+        ...
+
     def stream(self, stream: Any) -> contextlib.AbstractContextManager[Any]:
         """Kernels launched inside run on ``stream``."""
         ...
@@ -84,6 +88,9 @@ class HostRuntime:
     def new_stream(self) -> None:
         return None
 
+    def side_streams(self, count: int) -> list[Any]:
+        return []
+
     def stream(self, stream: Any) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
@@ -127,12 +134,18 @@ class CudaRuntime:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._side: list[Any] = []
 
     def current_stream(self) -> Any:
         return torch.cuda.current_stream(self.device)
 
     def new_stream(self) -> Any:
         return torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+
+    def side_streams(self, count: int) -> list[Any]:
+        while len(self._side) < count:
+            self._side.append(self.new_stream())
+        return self._side[:count]
 
     def stream(self, stream: Any) -> contextlib.AbstractContextManager[Any]:
         return torch.cuda.stream(stream)
@@ -168,6 +181,11 @@ class CudaRuntime:
         return bool(value.item())
 
 
+_CUDA: dict[torch.device, CudaRuntime] = {}
+
+
 def runtime_for(device: torch.device) -> DeviceRuntime:
-    """The runtime of ``device``: CUDA's for cuda, the host's for cpu."""
-    return CudaRuntime(device) if device.type == "cuda" else HostRuntime()
+    """The runtime of ``device``: CUDA's for cuda (one per device, so its streams are made once), the host's for cpu."""
+    if device.type != "cuda":
+        return HostRuntime()
+    return _CUDA.setdefault(device, CudaRuntime(device))

@@ -43,6 +43,12 @@ class Tracer:
         if profile_steps is not None and self.device.type != "cuda":
             raise DecodePerfError("--decodeperf-profile-steps needs CUDA (cudaProfilerApi); this run is on cpu")
 
+    def without_window(self) -> Tracer:
+        """The same NVTX ranges with no capture window: for warmup and timed rounds."""
+        if self.profile_steps is None:
+            return self
+        return Tracer(self.enabled, None, self.device)
+
     def range(self, name: str, color: str = "blue") -> contextlib.AbstractContextManager[Any]:
         if not self.enabled:
             return _NULL

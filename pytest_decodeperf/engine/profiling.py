@@ -18,6 +18,9 @@ from ..errors import DecodePerfError
 from .loop import DecodeOutput
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
+# What drains a stream (a blocking read, .item(), a synchronize), as opposed to the lagged modes'
+# cudaEventSynchronize on an event recorded a step earlier, which waits for that step only.
+DRAINING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
 def compile_counters() -> dict[str, int]:
@@ -66,6 +69,11 @@ class ProfileStats:
     tokens: int
     steps: int
     idle: IdleStats
+    draining: int = 0  # cudaStreamSynchronize + cudaDeviceSynchronize of them
+
+    @property
+    def draining_per_token(self) -> float:
+        return self.draining / self.tokens if self.tokens else 0.0
 
     @property
     def syncs_per_token(self) -> float:
@@ -94,7 +102,8 @@ def profile_generation(run_once: Callable[[], DecodeOutput], device: torch.devic
         torch.cuda.synchronize(device)
     events = list(prof.events())
     syncs = sum(1 for e in events if e.name in SYNC_CALLS)
+    draining = sum(1 for e in events if e.name in DRAINING_CALLS)
     intervals = [(e.time_range.start, e.time_range.end) for e in events if _is_device_event(e)]
     # The profiler's own final synchronize is outside the generation: do not count it.
-    syncs = max(syncs - 1, 0)
-    return ProfileStats(syncs, out.new_tokens, out.steps, idle_stats(intervals))
+    syncs, draining = max(syncs - 1, 0), max(draining - 1, 0)
+    return ProfileStats(syncs, out.new_tokens, out.steps, idle_stats(intervals), draining)

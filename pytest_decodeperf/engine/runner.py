@@ -8,150 +8,26 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from ..records import ResultRecord
 from .caches import CacheSlot, get_cache
 from .hf_generate import hf_generate
 from .loop import DecodeOutput, generate
-from .measure import Clock, Measurement, measure
+from .measure import Clock, measure
 from .models import build_model
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
-from .roofline import MIB, StepBytes, achieved, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
+from .results import Roofline, VariantResult
+from .roofline import MIB, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
 from .stream_modes import get_stop_policy
 from .syncs import SyncCounter, SyncReport, no_padding_check
 from .syncs import report as sync_report
 from .variants import Variant
 from .workload import Workload, make_workload
-
-
-@dataclass(frozen=True)
-class Roofline:
-    """What a decode step of the variant must move, and what the device can move (engine/roofline.py)."""
-
-    step: StepBytes | None  # None: the config's KV layout is unknown to the analytic model (see note)
-    bandwidth: float  # bytes/s, the device's measured copy bandwidth
-    kv_cache_bytes: int | None = None  # static cache: its tensors' nbytes after the run
-    kv_cache_bytes_analytic: int | None = None
-    note: str = ""
-
-    def fields(self, ms_per_step: float) -> dict[str, Any]:
-        """The record's roofline fields; achieved figures are None without a finite decode time."""
-        out: dict[str, Any] = {
-            "bytes_per_step": self.step.total if self.step else None,
-            "bandwidth_gb_per_s": self.bandwidth / 1e9,
-            "floor_ms_per_step": None,
-            "achieved_gb_per_s": None,
-            "bw_fraction": None,
-            "times_floor": None,
-            "kv_cache_bytes": self.kv_cache_bytes,
-            "kv_cache_bytes_analytic": self.kv_cache_bytes_analytic,
-        }
-        if self.step is not None:
-            out["floor_ms_per_step"] = self.step.total / self.bandwidth * 1e3
-            if ms_per_step > 0 and ms_per_step == ms_per_step:  # not NaN: there was a decode step
-                gb_s, fraction, _ = achieved(self.step.total, ms_per_step, self.bandwidth)
-                out["achieved_gb_per_s"], out["bw_fraction"] = gb_s, fraction
-                out["times_floor"] = 1.0 / fraction if fraction > 0 else None
-        return out
-
-
-@dataclass
-class VariantResult:
-    """A measured variant: its measurement, its tokens, and its parity verdict against baseline."""
-
-    variant: Variant
-    device: torch.device
-    workload: Workload
-    measurement: Measurement
-    parity: ParityReport | None  # None: baseline itself, or parity not asked for
-    profile: ProfileStats | None = None  # CUDA only: syncs and GPU idle of one untimed generation
-    roofline: Roofline | None = None
-    syncs: SyncReport | None = None  # blocking reads per decode step, counted in one untimed generation
-
-    @property
-    def output(self) -> DecodeOutput:
-        return self.measurement.last
-
-    @property
-    def parity_verdict(self) -> str:
-        if self.parity is None:
-            return "n/a"
-        return "pass" if self.parity.ok else "fail"
-
-    def record(self, test: str | None = None) -> ResultRecord:
-        m, v, out = self.measurement, self.variant, self.output
-        roof = self.roofline.fields(m.ms_per_token) if self.roofline else dict.fromkeys(ROOFLINE_FIELDS)
-        notes = [n for n in (out.note, self.roofline.note if self.roofline else "") if n]
-        if self.syncs is None and not v.is_hf:
-            notes.append("syncs not counted under torch.compile")
-        s = self.syncs
-        return ResultRecord(
-            test=test or f"engine[{v.id}]",
-            model=v.model,
-            cache=v.cache,
-            stream=v.stream,
-            batch_size=v.batch_size,
-            new_tokens=v.new_tokens,
-            stop=v.stop,
-            compile=v.compile,
-            dtype=v.dtype,
-            device=self.device.type,
-            parity=self.parity_verdict,
-            tokens_per_s=m.tokens_per_s,
-            ms_per_token=m.ms_per_token,
-            prefill_ms=m.prefill_ms,
-            steps=out.steps,
-            extra_steps=out.extra_steps,
-            generated_tokens=out.new_tokens,
-            peak_allocated_bytes=m.peak("peak_allocated_bytes"),
-            peak_reserved_bytes=m.peak("peak_reserved_bytes"),
-            rounds=len(m.rounds),
-            warmup_s=list(m.warmup_s),
-            samples_s=[r.total_s for r in m.rounds],
-            samples_ms_per_token=[r.ms_per_token for r in m.rounds],
-            samples_prefill_ms=[1e3 * r.prefill_s for r in m.rounds if r.prefill_s is not None],
-            spread_pct=m.spread_pct,
-            note="; ".join(notes),
-            stop_reads=out.host_reads,
-            compiled_graphs=m.compile_stats.get("unique_graphs") if v.compile else None,
-            graph_breaks=m.compile_stats.get("graph_breaks") if v.compile else None,
-            syncs_per_token=self.profile.syncs_per_token if self.profile else None,
-            syncs_per_step=s.hidden_per_step if s else None,
-            max_syncs_per_step=s.max_hidden if s else None,
-            flag_reads_per_step=s.declared_per_step if s else None,
-            syncs_outside_steps=s.outside if s else None,
-            sync_budget=s.budget if s else None,
-            sync_sites=list(s.sites) if s else [],
-            gpu_idle_fraction=self.profile.idle.fraction if self.profile else None,
-            gpu_idle_us_per_step=self.profile.idle_us_per_step if self.profile else None,
-            bytes_per_step=roof["bytes_per_step"],
-            bandwidth_gb_per_s=roof["bandwidth_gb_per_s"],
-            floor_ms_per_step=roof["floor_ms_per_step"],
-            achieved_gb_per_s=roof["achieved_gb_per_s"],
-            bw_fraction=roof["bw_fraction"],
-            times_floor=roof["times_floor"],
-            kv_cache_bytes=roof["kv_cache_bytes"],
-            kv_cache_bytes_analytic=roof["kv_cache_bytes_analytic"],
-        )
-
-
-ROOFLINE_FIELDS = (
-    "bytes_per_step",
-    "bandwidth_gb_per_s",
-    "floor_ms_per_step",
-    "achieved_gb_per_s",
-    "bw_fraction",
-    "times_floor",
-    "kv_cache_bytes",
-    "kv_cache_bytes_analytic",
-)
 
 
 class Runner:
@@ -253,6 +129,13 @@ class Runner:
         policy = get_stop_policy(variant.stream)
         slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
         self._last_slot = slot
+        if variant.compile and slot.kept is not None:
+            # Initialise the preallocated cache eagerly, before the compiled model first sees it:
+            # inside a trace its lazy initialisation skips mark_static_address, and CUDA graphs
+            # (reduce-overhead) then copy the cache in and out every step.
+            with torch.no_grad():
+                model(workload.prompts, past_key_values=slot.fresh(), use_cache=True)
+        tracer = self.tracer.without_window()  # the capture window has its own generation (profile_window)
 
         def run_loop(clock: Clock) -> DecodeOutput:
             return generate(
@@ -263,7 +146,7 @@ class Runner:
                 policy,
                 workload.eos_ids,
                 workload.pad_id,
-                self.tracer,
+                tracer,
                 clock.mark_prefill,
             )
 
@@ -317,6 +200,23 @@ class Runner:
             budget = 0  # the decode loop's own modes: no read outside the stop policy's declared one
         return sync_report(counter, budget)
 
+    def _capture_window(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> None:
+        """One dedicated, untimed generation with the nsys capture window open over its chosen steps."""
+        target = self._callable(model, variant)
+        slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
+        policy = get_stop_policy(variant.stream)
+        with torch.inference_mode():
+            generate(
+                target,
+                workload.prompts,
+                workload.max_new_tokens,
+                slot,
+                policy,
+                workload.eos_ids,
+                workload.pad_id,
+                self.tracer,
+            )
+
     def run(
         self,
         variant: Variant,
@@ -351,6 +251,8 @@ class Runner:
             if self.profile_gpu:
                 with torch.inference_mode():
                     profile = profile_generation(lambda: once(Clock(self.device)), self.device)
+            if self.tracer.profile_steps is not None and not variant.is_hf:
+                self._capture_window(model, variant, workload)
         except torch.OutOfMemoryError:
             self.release()
             raise

@@ -144,6 +144,7 @@ class SimRuntime:
         self.default_stream = self._stream_id()
         self.host = self._stream_id()  # the CPU thread, as a stream that only reads
         self._current = self.default_stream
+        self._side: list[int] = []
         self._watch = _Watch(self)
 
     def __enter__(self) -> SimRuntime:
@@ -185,6 +186,11 @@ class SimRuntime:
 
     def new_stream(self) -> int:
         return self._stream_id()
+
+    def side_streams(self, count: int) -> list[Any]:
+        while len(self._side) < count:
+            self._side.append(self.new_stream())
+        return self._side[:count]
 
     @contextlib.contextmanager
     def stream(self, stream: Any) -> Iterator[None]:

@@ -90,7 +90,7 @@ class StopRun:
             self._events = [runtime.new_event() for _ in range(slots)]
         if runtime.has_streams and policy.streams > 1:
             origin = runtime.current_stream()
-            self._streams = [runtime.new_stream() for _ in range(policy.streams)]
+            self._streams = runtime.side_streams(policy.streams)  # made once per device, not per generation
             for stream in self._streams:
                 # Work queued before the loop (prompt copy, cache reset) must land first.
                 runtime.wait_stream(stream, origin)
