@@ -126,7 +126,6 @@ class Runner:
 
             return run_hf
         target = self._callable(model, variant)
-        policy = get_stop_policy(variant.stream)
         slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
         self._last_slot = slot
         if variant.compile and slot.kept is not None:
@@ -138,17 +137,7 @@ class Runner:
         tracer = self.tracer.without_window()  # the capture window has its own generation (profile_window)
 
         def run_loop(clock: Clock) -> DecodeOutput:
-            return generate(
-                target,
-                workload.prompts,
-                workload.max_new_tokens,
-                slot,
-                policy,
-                workload.eos_ids,
-                workload.pad_id,
-                tracer,
-                clock.mark_prefill,
-            )
+            return self._loop(target, variant, workload, slot, tracer=tracer, on_prefill=clock.mark_prefill)
 
         return run_loop
 
@@ -189,33 +178,33 @@ class Runner:
                 finally:
                     handle.remove()
             else:
-                policy = get_stop_policy(variant.stream)
-                slot = CacheSlot(
-                    get_cache(variant.cache), model, variant.batch_size, variant.prompt_len + variant.new_tokens
-                )
-                prompts, eos, pad = workload.prompts, workload.eos_ids, workload.pad_id
                 with counter:
-                    generate(model, prompts, workload.max_new_tokens, slot, policy, eos, pad, syncs=counter)
+                    self._loop(model, variant, workload, syncs=counter)
         if budget is None and not variant.is_hf:
             budget = 0  # the decode loop's own modes: no read outside the stop policy's declared one
         return sync_report(counter, budget)
 
     def _capture_window(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> None:
         """One dedicated, untimed generation with the nsys capture window open over its chosen steps."""
-        target = self._callable(model, variant)
-        slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
-        policy = get_stop_policy(variant.stream)
         with torch.inference_mode():
-            generate(
-                target,
-                workload.prompts,
-                workload.max_new_tokens,
-                slot,
-                policy,
-                workload.eos_ids,
-                workload.pad_id,
-                self.tracer,
+            self._loop(self._callable(model, variant), variant, workload, tracer=self.tracer)
+
+    def _loop(
+        self,
+        model: PreTrainedModel,
+        variant: Variant,
+        workload: Workload,
+        slot: CacheSlot | None = None,
+        **options: Any,
+    ) -> DecodeOutput:
+        """One generation of ``variant``'s workload through the decode loop (a fresh cache unless ``slot``)."""
+        if slot is None:
+            slot = CacheSlot(
+                get_cache(variant.cache), model, variant.batch_size, variant.prompt_len + variant.new_tokens
             )
+        policy = get_stop_policy(variant.stream)
+        prompts, eos, pad = workload.prompts, workload.eos_ids, workload.pad_id
+        return generate(model, prompts, workload.max_new_tokens, slot, policy, eos, pad, **options)
 
     def run(
         self,
