@@ -260,7 +260,7 @@ def decode_bytes(
     config = model.config
     weights = weight_bytes(model)
     if cache == "none":
-        note = "no KV cache: each step re-runs the whole sequence; only weight bytes counted (recompute ignored)"
+        note = "no KV cache: each step re-runs the whole sequence, only weight bytes counted (recompute ignored)"
         return StepBytes(cache, steps, weights, 0.0, 0.0, note)
     written = float(kv_bytes_written_per_step(config, dtype, batch))
     if cache == "dynamic":
