@@ -1,11 +1,12 @@
 """PNG figures of a run's records, for ``--decodeperf-plot DIR``.
 
-Three questions a reader brings to a decode benchmark, one figure each:
+Four questions a reader brings to a decode benchmark, one figure each:
 
 * ``tokens_per_s.png``: how fast is each variant, and how steady was it across rounds?
 * ``speedup_vs_batch.png``: what does each stop-check mode buy over the blocking baseline, and how
   does that gain shrink as the batch grows (the article's "pipelining gain vs batch size")?
 * ``memory_per_cache.png``: what does each KV cache type cost in CUDA memory?
+* ``roofline.png``: how far is each decode step from its memory-bandwidth floor (``plot_roofline.py``)?
 
 matplotlib is optional, so it is imported inside :func:`write_plots`. Figures are drawn on
 ``matplotlib.figure.Figure`` with the Agg canvas, never through ``pyplot``: no global backend switch
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DecodePerfError
+from .plot_roofline import ROOFLINE_PNG, roofline_figure, roofline_records
 from .plot_style import (
     CACHE_COLORS,
     CONFIG_FIELDS,
@@ -88,6 +90,8 @@ def skipped_plots(records: Sequence[ResultRecord]) -> dict[str, str]:
     if not _memory_records(records):
         devices = sorted({r["device"] for r in records}) or ["no records"]
         skipped[MEMORY_PNG] = f"no CUDA memory stats (device: {', '.join(devices)})"
+    if not roofline_records(records):
+        skipped[ROOFLINE_PNG] = "no record has a roofline floor (records older than pytest-decodeperf 0.2?)"
     return skipped
 
 
@@ -106,6 +110,7 @@ def write_plots(records: list[ResultRecord], out_dir: Path) -> list[Path]:
         TOKENS_PNG: _tokens_figure,
         SPEEDUP_PNG: _speedup_figure,
         MEMORY_PNG: _memory_figure,
+        ROOFLINE_PNG: roofline_figure,
     }
     written: list[Path] = []
     for name, draw in drawers.items():

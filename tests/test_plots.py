@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_decodeperf.errors import DecodePerfError
+from pytest_decodeperf.plot_roofline import ROOFLINE_PNG
 from pytest_decodeperf.plots import (
     MEMORY_PNG,
     MISSING_MATPLOTLIB,
@@ -62,6 +63,11 @@ def record(
         "samples_prefill_ms": [],
         "spread_pct": 5.0,
         "note": "",
+        # the roofline: a 0.2 ms floor at 10 GB/s
+        "bandwidth_gb_per_s": 10.0,
+        "floor_ms_per_step": 0.2,
+        "bytes_per_step": 2e6,
+        "bw_fraction": 0.2 / (1000.0 * batch_size / tps),
     }
     rec.update(over)
     return rec  # type: ignore[return-value]
@@ -90,10 +96,10 @@ def out(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_cuda_records_give_all_three_figures_as_valid_pngs(out: Path) -> None:
+def test_cuda_records_give_all_four_figures_as_valid_pngs(out: Path) -> None:
     written = write_plots(matrix("cuda"), out / "plots")
 
-    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG]
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG, ROOFLINE_PNG]
     for path in written:
         assert path.parent == out / "plots"
         assert path.stat().st_size > 10_000, f"{path.name} is suspiciously small"
@@ -106,7 +112,7 @@ def test_cpu_records_skip_the_memory_figure_and_say_why(out: Path) -> None:
 
     written = write_plots(records, out)
 
-    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG]
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, ROOFLINE_PNG]
     assert not (out / MEMORY_PNG).exists()
     assert skipped_plots(records) == {MEMORY_PNG: "no CUDA memory stats (device: cpu)"}
 
@@ -116,7 +122,7 @@ def test_a_single_record_gives_the_throughput_figure_only(out: Path) -> None:
 
     written = write_plots(records, out)
 
-    assert [p.name for p in written] == [TOKENS_PNG]
+    assert [p.name for p in written] == [TOKENS_PNG, ROOFLINE_PNG]
     assert png_size(written[0])[0] > 0
     assert set(skipped_plots(records)) == {SPEEDUP_PNG, MEMORY_PNG}
     assert "baseline" in skipped_plots(records)[SPEEDUP_PNG]
@@ -140,7 +146,7 @@ def test_thin_or_broken_records_are_drawn_or_skipped_without_crashing(out: Path)
 
     written = write_plots(records, out)
 
-    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG]
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG, ROOFLINE_PNG]
 
 
 def test_wide_speedup_ranges_and_mixed_settings_still_draw(out: Path) -> None:
@@ -151,7 +157,7 @@ def test_wide_speedup_ranges_and_mixed_settings_still_draw(out: Path) -> None:
 
     written = write_plots(records, out)
 
-    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG]
+    assert [p.name for p in written] == [TOKENS_PNG, SPEEDUP_PNG, MEMORY_PNG, ROOFLINE_PNG]
 
 
 def test_error_bars_span_the_rounds_interquartile_range_around_the_median() -> None:
@@ -221,3 +227,38 @@ def test_the_speedup_figure_shows_exactly_the_tables_vs_baseline_ratios() -> Non
     )
     assert figure_ratios == table_ratios
     assert 1.2 in figure_ratios  # test_y's pipelined over test_y's own baseline, not test_x's
+
+
+def with_roofline(rec: ResultRecord, floor_ms: float = 0.2) -> ResultRecord:
+    """A record with the engine's roofline fields: bandwidth 10 GB/s, ``floor_ms`` a step."""
+    bandwidth = 10.0
+    extra: dict[str, Any] = {
+        "bandwidth_gb_per_s": bandwidth,
+        "floor_ms_per_step": floor_ms,
+        "bytes_per_step": floor_ms / 1e3 * bandwidth * 1e9,
+        "bw_fraction": floor_ms / rec["ms_per_token"],
+    }
+    return {**rec, **extra}  # type: ignore[typeddict-item]
+
+
+def test_the_roofline_figure_draws_each_variants_step_and_floor(out: Path) -> None:
+    from pytest_decodeperf.plot_roofline import roofline_figure
+
+    records = [with_roofline(r, floor_ms=0.1 * (i + 1)) for i, r in enumerate(matrix("cpu")[:6])]
+    assert ROOFLINE_PNG in [p.name for p in write_plots(records, out)]
+    assert png_size(out / ROOFLINE_PNG)[0] > 400
+    fig = roofline_figure(records)
+    ax = fig.axes[0]
+    bars = sorted(round(patch.get_width(), 6) for patch in ax.patches)
+    assert bars == sorted(round(r["ms_per_token"], 6) for r in records)
+    floors = sorted(round(float(x), 6) for x, _ in ax.collections[0].get_offsets())
+    assert floors == sorted(round(float(r["floor_ms_per_step"] or 0), 6) for r in records)
+    texts = [t.get_text().strip() for t in ax.texts]
+    assert f"{100 * (records[0]['bw_fraction'] or 0):.1f}% bw" in texts
+
+
+def test_records_without_a_roofline_skip_that_figure_and_say_why(out: Path) -> None:
+    old = [record(floor_ms_per_step=None, bw_fraction=None, bytes_per_step=None) for _ in range(2)]
+    reason = skipped_plots(old)[ROOFLINE_PNG]
+    assert "no record has a roofline floor" in reason
+    assert ROOFLINE_PNG not in [p.name for p in write_plots(old, out)]
