@@ -107,7 +107,7 @@ def cuda_llama():  # type: ignore[no-untyped-def]
 
 def _decode_llama(model, stream: str, cache: str, batch: int = 8, sleep_cycles: int = 0):  # type: ignore[no-untyped-def]
     """One generation; ``sleep_cycles`` stalls each forward on its stream first, widening race windows."""
-    from pytest_decodeperf.engine.syncs import no_padding_check
+    from pytest_decodeperf.engine.hidden_syncs import no_padding_check
 
     w = make_workload(model, batch, 24, "eos", seed=batch)
     slot = CacheSlot(get_cache(cache), model, batch, w.prompts.shape[1] + 24)
@@ -140,7 +140,7 @@ def test_lagged_modes_make_no_synchronizing_call_inside_the_loop(cuda_llama, cac
         _decode_llama(cuda_llama, stream, cache)  # warm: lazy allocations are not the loop's
         torch.cuda.set_sync_debug_mode("error")
         try:
-            from pytest_decodeperf.engine.syncs import no_padding_check
+            from pytest_decodeperf.engine.hidden_syncs import no_padding_check
 
             w = make_workload(cuda_llama, 8, 24, "none", seed=8)
             slot = CacheSlot(get_cache(cache), cuda_llama, 8, w.prompts.shape[1] + 24)

@@ -17,10 +17,10 @@ import torch
 from pytest_decodeperf import Runner, Variant
 from pytest_decodeperf.engine.caches import CacheSlot, get_cache
 from pytest_decodeperf.engine.device_runtime import DeviceRuntime
+from pytest_decodeperf.engine.hidden_syncs import no_padding_check
 from pytest_decodeperf.engine.loop import DecodeOutput, generate
 from pytest_decodeperf.engine.sim_cuda import SimRuntime, SimulatedRaceError
 from pytest_decodeperf.engine.stream_modes import StopPolicy, StopRun, get_stop_policy
-from pytest_decodeperf.engine.syncs import no_padding_check
 
 torch.set_num_threads(1)
 BATCH, NEW = 3, 12

@@ -22,7 +22,8 @@ from transformers import (
     masking_utils,
 )
 
-from pytest_decodeperf.engine.syncs import SyncCounter, full_causal_mask, no_padding_check
+from pytest_decodeperf.engine.hidden_syncs import full_causal_mask, no_padding_check
+from pytest_decodeperf.engine.syncs import SyncCounter
 
 torch.set_num_threads(1)
 THIS = os.path.relpath(__file__)  # how the counter names a file outside site-packages

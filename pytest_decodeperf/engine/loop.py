@@ -17,9 +17,10 @@ from transformers import Cache, PreTrainedModel
 from ..errors import DecodePerfError
 from .caches import CacheSlot
 from .device_runtime import DeviceRuntime
+from .hidden_syncs import full_causal_mask
 from .nvtx import NULL_TRACER, Tracer
 from .stream_modes import StopPolicy
-from .syncs import SyncCounter, full_causal_mask
+from .syncs import SyncCounter
 
 _NULL = contextlib.nullcontext()
 

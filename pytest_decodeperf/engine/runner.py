@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from .caches import CacheSlot, get_cache
 from .hf_generate import hf_generate
+from .hidden_syncs import no_padding_check
 from .loop import DecodeOutput, generate
 from .measure import Clock, measure
 from .models import build_model
@@ -24,7 +25,7 @@ from .profiling import ProfileStats, compile_counters, profile_generation
 from .results import Roofline, VariantResult
 from .roofline import MIB, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
 from .stream_modes import get_stop_policy
-from .syncs import SyncCounter, SyncReport, no_padding_check
+from .syncs import SyncCounter, SyncReport
 from .syncs import report as sync_report
 from .variants import Variant
 from .workload import Workload, make_workload
