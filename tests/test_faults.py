@@ -78,7 +78,7 @@ def test_a_stop_policy_that_reads_the_wrong_step_is_caught_by_the_parity_gate(py
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*parity FAILED: tiny-gpt2-dynamic-broken-lag-b4 differs from baseline*",
+            "*parity FAILED: tiny-gpt2-dynamic-broken-lag-b4 differs from transformers generate()*",
             "*first divergence at generated position * got <end>*",
         ]
     )

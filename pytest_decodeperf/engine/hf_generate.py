@@ -17,6 +17,7 @@ from transformers.generation import utils as gen_utils
 
 from ..errors import DecodePerfError
 from .loop import DecodeOutput
+from .reference import model_eos_cleared
 from .workload import Workload
 
 # cache type -> generate() arguments
@@ -82,7 +83,8 @@ def hf_generate(
     prompts = workload.prompts
     handle = model.register_forward_hook(count)
     try:
-        with deferred_stop_check_forced() if deferred else contextlib.nullcontext():
+        # The workload's stops are the only ones: generate() would fall back to the model's own EOS.
+        with deferred_stop_check_forced() if deferred else contextlib.nullcontext(), model_eos_cleared(model):
             sequences = cast(Any, model).generate(
                 prompts, attention_mask=torch.ones_like(prompts), generation_config=config
             )

@@ -71,17 +71,6 @@ def _float_dtype(model: PreTrainedModel) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
-def windowed_attention(model: PreTrainedModel) -> bool:
-    """Sliding or chunked attention: a plain causal mask would be wrong for it."""
-    config = model.config
-    layer_types = getattr(config, "layer_types", None) or ()
-    return bool(
-        getattr(config, "sliding_window", None)
-        or getattr(config, "attention_chunk_size", None)
-        or any(kind != "full_attention" for kind in layer_types)
-    )
-
-
 def prefill(
     model: PreTrainedModel, prompts: torch.Tensor, cache: Cache | None, causal_mask: bool = False
 ) -> torch.Tensor:
@@ -114,6 +103,7 @@ def generate(
     on_prefill: Callable[[], None] | None = None,
     syncs: SyncCounter | None = None,
     runtime: DeviceRuntime | None = None,
+    causal_mask: bool = False,
 ) -> DecodeOutput:
     """Greedy-decode up to ``max_new_tokens`` per row of ``prompts`` [B, P].
 
@@ -121,6 +111,8 @@ def generate(
     ``on_prefill`` is called on the prefill's stream right after it is launched (for timing).
     ``syncs``: a counter that attributes blocking reads to steps; the stop check's read is declared.
     ``runtime``: the device seam (default: the device's own; tests pass the CUDA simulator).
+    ``causal_mask``: without a cache, pass a ready 4-D causal mask (no host read in transformers'
+    masking code); only for models that give the same logits with it (``hidden_syncs.accepts_causal_mask``).
     """
     batch, prompt_len = prompts.shape
     total = prompt_len + max_new_tokens
@@ -133,7 +125,7 @@ def generate(
     pad = torch.full((), pad_id, dtype=torch.long, device=device)  # no pageable H2D copy, unlike torch.tensor
     cache = cache_slot.fresh()
     full_sequence = cache_slot.strategy.feeds_full_sequence
-    causal_mask = full_sequence and not windowed_attention(model)
+    causal_mask = causal_mask and full_sequence
 
     run = policy.start(device, runtime)
     stopped_after: int | None = None  # index of the last step kept when a stop was read

@@ -7,28 +7,49 @@ tokens per configuration so a variant's parity check never re-times anything.
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
+from ..errors import DecodePerfError
 from .caches import CacheSlot, get_cache
 from .hf_generate import hf_generate
-from .hidden_syncs import no_padding_check
+from .hidden_syncs import accepts_causal_mask, no_padding_check
 from .loop import DecodeOutput, generate
 from .measure import Clock, measure
 from .models import build_model
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
+from .reference import judged_report, loop_refusal
 from .results import Roofline, VariantResult
 from .roofline import MIB, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
 from .stream_modes import get_stop_policy
 from .syncs import SyncCounter, SyncReport
 from .syncs import report as sync_report
 from .variants import Variant
-from .workload import Workload, make_workload
+from .workload import Workload, check_not_degenerate, make_workload
+
+
+@dataclass
+class _ModelState:
+    """What the runner keeps per model object: workloads, compiled wrappers, reference tokens."""
+
+    workloads: dict[tuple[Any, ...], Workload] = field(default_factory=dict)
+    compiled: dict[bool | str, Any] = field(default_factory=dict)
+    baselines: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+    references: dict[tuple[Any, ...], tuple[torch.Tensor, str]] = field(default_factory=dict)
+    takes_causal_mask: bool | None = None
+
+    def causal_mask(self, model: PreTrainedModel) -> bool:
+        """Whether the cache-less loop may pass a ready causal mask to this model (probed once)."""
+        if self.takes_causal_mask is None:
+            self.takes_causal_mask = accepts_causal_mask(getattr(model, "_orig_mod", model))
+        return self.takes_causal_mask
 
 
 class Runner:
@@ -50,9 +71,10 @@ class Runner:
         self.seed = seed
         self.profile_gpu = profile_gpu and self.device.type == "cuda"
         self._models: dict[tuple[str, str], PreTrainedModel] = {}
-        self._compiled: dict[tuple[int, bool | str], Any] = {}
-        self._workloads: dict[tuple[Any, ...], Workload] = {}
-        self._references: dict[tuple[Any, ...], torch.Tensor] = {}
+        # Per model object, never per id(): Python reuses the ids of freed objects, and a new model
+        # must not inherit a freed one's prompts, stops or reference tokens.
+        self._state: weakref.WeakKeyDictionary[PreTrainedModel, _ModelState] = weakref.WeakKeyDictionary()
+        self._last_compiled: weakref.ref[PreTrainedModel] | None = None
         self._bandwidth: float | None = None
         self._last_slot: CacheSlot | None = None
 
@@ -94,22 +116,33 @@ class Runner:
             self._models[key] = build_model(name, self.device, dtype, seed=self.seed)
         return self._models[key]
 
+    def _of(self, model: PreTrainedModel) -> _ModelState:
+        return self._state.setdefault(model, _ModelState())
+
     def workload(self, model: PreTrainedModel, variant: Variant) -> Workload:
-        key = (id(model), variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len)
-        if key not in self._workloads:
-            self._workloads[key] = make_workload(
+        workloads = self._of(model).workloads
+        key = (variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len)
+        if key not in workloads:
+            workloads[key] = make_workload(
                 model, variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len, self.seed
             )
-        return self._workloads[key]
+        return workloads[key]
 
     def _callable(self, model: PreTrainedModel, variant: Variant) -> PreTrainedModel:
         if not variant.compile:
             return model
-        key = (id(model), variant.compile)
-        if key not in self._compiled:
+        state = self._of(model)
+        if variant.compile not in state.compiled:
+            if self._last_compiled is not None and self._last_compiled() is not model:
+                # Dynamo's recompile limit is shared per code object: after a few models, later
+                # ones would silently run eager (0 graphs). Each model starts from a clean slate.
+                torch._dynamo.reset()
+                for other in list(self._state.values()):
+                    other.compiled.clear()
+            self._last_compiled = weakref.ref(model)
             mode = None if variant.compile is True or variant.compile == "default" else str(variant.compile)
-            self._compiled[key] = torch.compile(model, mode=mode)
-        compiled: PreTrainedModel = self._compiled[key]
+            state.compiled[variant.compile] = torch.compile(model, mode=mode)
+        compiled: PreTrainedModel = state.compiled[variant.compile]
         return compiled
 
     def run_once_fn(
@@ -136,6 +169,8 @@ class Runner:
             with torch.no_grad():
                 model(workload.prompts, past_key_values=slot.fresh(), use_cache=True)
         tracer = self.tracer.without_window()  # the capture window has its own generation (profile_window)
+        if slot.strategy.feeds_full_sequence:
+            self._of(target).causal_mask(target)  # probe once, before any timed round
 
         def run_loop(clock: Clock) -> DecodeOutput:
             return self._loop(target, variant, workload, slot, tracer=tracer, on_prefill=clock.mark_prefill)
@@ -144,12 +179,35 @@ class Runner:
 
     def reference(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> torch.Tensor:
         """Baseline tokens for ``variant``'s configuration (run once, untimed, if not measured yet)."""
-        key = (id(model), *variant.config_key)
-        if key not in self._references:
+        baselines = self._of(model).baselines
+        key = variant.config_key
+        if key not in baselines:
             once = self.run_once_fn(model, variant.baseline(), workload)
             with torch.inference_mode():
-                self._references[key] = once(Clock(self.device)).generated.cpu()
-        return self._references[key]
+                baselines[key] = once(Clock(self.device)).generated.cpu()
+        return baselines[key]
+
+    def generate_reference(
+        self, model: PreTrainedModel, variant: Variant, workload: Workload
+    ) -> tuple[torch.Tensor, str]:
+        """The independent reference for ``variant``'s workload: (tokens [B, N], what made them).
+
+        transformers' generate(), greedy, with the workload's stops (``reference.py``); for a model it
+        cannot drive, the decode loop without a cache.
+        """
+        refs = self._of(model).references
+        key = (variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len)
+        if key not in refs:
+            with torch.inference_mode():
+                try:
+                    out = hf_generate(model, workload, "dynamic")
+                    refs[key] = (out.generated.cpu(), "transformers generate()")
+                except (TypeError, ValueError, AttributeError, NotImplementedError):
+                    plain = replace(variant, cache="none", stream="baseline", compile=False)
+                    out = self._loop(model, plain, workload)
+                    refs[key] = (out.generated.cpu(), "the decode loop without a cache (generate() cannot run it)")
+            check_not_degenerate(refs[key][0], workload.eos_ids.cpu(), f"{type(model).__name__} ({variant.stop} stops)")
+        return refs[key]
 
     def count_syncs(
         self, model: PreTrainedModel, variant: Variant, workload: Workload, budget: int | None
@@ -205,6 +263,8 @@ class Runner:
             )
         policy = get_stop_policy(variant.stream)
         prompts, eos, pad = workload.prompts, workload.eos_ids, workload.pad_id
+        if slot.strategy.feeds_full_sequence:
+            options["causal_mask"] = self._of(model).causal_mask(model)
         return generate(model, prompts, workload.max_new_tokens, slot, policy, eos, pad, **options)
 
     def run(
@@ -227,6 +287,10 @@ class Runner:
     ) -> VariantResult:
         variant.validate(self.device)
         model = model if model is not None else self.model(variant.model, variant.dtype)
+        refusal = loop_refusal(model)
+        if refusal is not None and (not variant.is_hf or getattr(model.config, "is_encoder_decoder", False)):
+            hint = "" if variant.is_hf else "; its generate() stream modes (hf-generate) may still run it"
+            raise DecodePerfError(f"{variant.id}: {refusal}{hint}")
         workload = self.workload(model, variant)
         once = self.run_once_fn(model, variant, workload)
         profile: ProfileStats | None = None
@@ -238,6 +302,12 @@ class Runner:
             if variant.compile:
                 after = compile_counters()
                 measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
+                if not variant.is_hf and after.get("unique_graphs", 0) == 0:
+                    raise DecodePerfError(
+                        f"{variant.id}: torch.compile produced no graph at all: the model ran eager, so this "
+                        "would be an eager figure under a compiled label (dynamo's recompile limit, or a graph break "
+                        "on every frame: run with TORCH_LOGS=recompiles,graph_breaks)"
+                    )
             if self.profile_gpu:
                 with torch.inference_mode():
                     profile = profile_generation(lambda: once(Clock(self.device)), self.device)
@@ -247,19 +317,35 @@ class Runner:
             self.release()
             raise
         roofline = self.roofline(model, variant, measurement.last)
+        self._last_slot = None  # it holds the model: a runner keeps no model alive past its run
         syncs = self.count_syncs(model, variant, workload, max_syncs_per_step)
         generated = measurement.last.generated.cpu()
         report: ParityReport | None = None
         if variant.stream == "baseline":
-            self._references.setdefault((id(model), *variant.config_key), generated)
-        elif parity:
-            expected = self.reference(model, variant, workload)
-            report = check_parity(expected, generated, workload.eos_ids, label=variant.id)
+            self._of(model).baselines.setdefault(variant.config_key, generated)
+        if parity:
+            report = self.parity(model, variant, workload, generated)
         return VariantResult(variant, self.device, workload, measurement, report, profile, roofline, syncs)
+
+    def parity(
+        self, model: PreTrainedModel, variant: Variant, workload: Workload, generated: torch.Tensor
+    ) -> ParityReport:
+        """Held to generate() (divergences judged by the logits), and bit for bit to its cache's baseline."""
+        expected, source = self.generate_reference(model, variant, workload)
+        report = check_parity(expected, generated, workload.eos_ids, variant.id, source)
+        report = judged_report(model, workload.prompts, expected, report)
+        if report.ok and variant.stream != "baseline" and not variant.is_hf:
+            # Stream modes of one cache differ only in when the host reads the flag: exact, always.
+            same_cache = check_parity(self.reference(model, variant, workload), generated, workload.eos_ids, variant.id)
+            if not same_cache.ok:
+                return same_cache
+        return report
 
     def release(self) -> None:
         """Drop cached tensors and return freed device memory (after an OOM, or at the end)."""
-        self._references.clear()
+        for state in self._state.values():
+            state.baselines.clear()
+            state.references.clear()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from ..errors import check_choice, check_positive
+from ..errors import DecodePerfError, check_choice, check_positive
 from .caches import CacheSlot, get_cache
 from .loop import generate
 from .models import pad_token_id, vocab_size
 from .stream_modes import get_stop_policy
 
 STOPS = ("eos", "none")
+LENGTH_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 DEFAULT_PROMPT_LEN = 4
 
 
@@ -54,12 +55,58 @@ def make_prompts(model: PreTrainedModel, batch_size: int, prompt_len: int, seed:
 
 
 def reference_tokens(model: PreTrainedModel, prompts: torch.Tensor, max_new_tokens: int, pad_id: int) -> torch.Tensor:
-    """Greedy tokens [B, N] with no stop at all (dynamic cache)."""
+    """Greedy tokens [B, N] with no stop at all (dynamic cache; generate() for a model the loop cannot drive)."""
+    from .reference import loop_refusal, model_eos_cleared
+
+    if loop_refusal(model) is not None:
+        with torch.inference_mode(), model_eos_cleared(model):
+            sequences: torch.Tensor = model.generate(  # type: ignore[operator]
+                prompts,
+                attention_mask=torch.ones_like(prompts),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+            )
+        return sequences[:, prompts.shape[1] :].cpu()
     slot = CacheSlot(get_cache("dynamic"), model, prompts.shape[0], prompts.shape[1] + max_new_tokens)
     no_eos = torch.empty(0, dtype=torch.long, device=prompts.device)
     with torch.inference_mode():
         out = generate(model, prompts, max_new_tokens, slot, get_stop_policy("baseline"), no_eos, pad_id)
     return out.generated.cpu()
+
+
+def check_inputs(model: PreTrainedModel, prompt_len: int, max_new_tokens: int, pad_id: int) -> None:
+    """Ids and lengths the model can take, or one line saying which and how to fix it."""
+    vocab = vocab_size(model)
+    name = type(model).__name__
+    if not 0 <= pad_id < vocab:
+        raise DecodePerfError(
+            f"{name}: pad id {pad_id} (the config's pad, else its eos) lies outside the vocabulary of {vocab}; "
+            "set pad_token_id/eos_token_id in the config to ids below vocab_size"
+        )
+    config = model.config
+    limit = next((v for a in LENGTH_LIMITS if isinstance(v := getattr(config, a, None), int)), None)
+    if limit is not None and prompt_len + max_new_tokens > limit:
+        raise DecodePerfError(
+            f"{name}: prompt {prompt_len} + new tokens {max_new_tokens} = {prompt_len + max_new_tokens} positions, "
+            f"but the model takes at most {limit}; lower new_tokens or raise the config's position limit"
+        )
+
+
+def check_not_degenerate(generated: torch.Tensor, eos_ids: list[int] | torch.Tensor, label: str) -> None:
+    """A reference the harness cannot judge with: rows that stop at once, or one token repeated."""
+    width = int(generated.shape[1])
+    fix = "seed the model, untie its embeddings (tie_word_embeddings=False) or change initializer_range (0.3 works)"
+    if len(eos_ids) and width > 2 and max(row_lengths(generated, eos_ids)) <= 1:
+        raise DecodePerfError(f"{label}: every row stops at its first step in the reference: nothing to measure; {fix}")
+    if width >= 4:
+        collapsed = [r for r in range(int(generated.shape[0])) if bool((generated[r] == generated[r, 0]).all())]
+        if collapsed:
+            raise DecodePerfError(
+                f"{label}: the reference repeats one token for the whole run in row(s) {collapsed[:5]} "
+                f"(token {int(generated[collapsed[0], 0])}): a collapsed model makes every mode agree trivially; {fix}"
+            )
 
 
 def target_steps(batch_size: int, max_new_tokens: int) -> list[int]:
@@ -108,6 +155,7 @@ def make_workload(
     check_choice("stop workload", stop, STOPS)
     device = next(model.parameters()).device
     pad_id = pad_token_id(model)
+    check_inputs(model, prompt_len, max_new_tokens, pad_id)
     prompts = make_prompts(model, batch_size, prompt_len, seed).to(device)
     if stop == "none":
         return Workload(
@@ -119,6 +167,7 @@ def make_workload(
             (max_new_tokens,) * batch_size,
         )
     generated = reference_tokens(model, prompts, max_new_tokens, pad_id)
+    check_not_degenerate(generated, [], type(model).__name__)
     eos = choose_eos(generated, pad_id)
     return Workload(
         prompts=prompts,
