@@ -250,6 +250,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec("plot", "write PNG plots of the results into DIR (needs matplotlib)", _dir, None, metavar="DIR"),
     OptionSpec(
+        "threads",
+        "torch threads while measuring (default on CPU: 1, steady on a shared machine; on CUDA: torch's own)",
+        _int("threads", 1),
+        None,
+        metavar="N",
+    ),
+    OptionSpec(
         "share-gpu",
         "with pytest-xdist: allow more workers than GPUs (they share GPUs and disturb timings)",
         _bool,
@@ -326,6 +333,7 @@ class Settings:
     fail_on_regression: float
     plot: Path | None
     share_gpu: bool
+    threads: int | None
 
 
 def load_settings(config: pytest.Config) -> Settings:

@@ -52,6 +52,8 @@ class ResultRecord(TypedDict):
     samples_ms_per_token: list[float]
     samples_prefill_ms: list[float]
     spread_pct: float  # IQR of tokens/s over its median, in percent
+    unstable: bool  # spread over 10%: the table shows no clean speedup for it
+    threads: int  # torch threads while measuring
     note: str
     stop_reads: int  # blocking host reads of the stop flag in one generation
     syncs_per_token: float | None  # CUDA: host-device syncs per token position (torch.profiler)

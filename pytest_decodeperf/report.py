@@ -116,7 +116,9 @@ def _syncs(rec: ResultRecord) -> str:
 def render_table(records: Sequence[ResultRecord], title: str = "decode perf") -> str:
     rows = sort_records(records)
     cells = [list(COLUMNS)]
+    shaky = {group_key(r) for r in rows if r["stream"] == "baseline" and r.get("unstable")}
     for rec, speed in zip(rows, speedups(rows), strict=True):
+        doubt = "?" if rec.get("unstable") or group_key(rec) in shaky else ""
         model = rec["model"] + (" (compiled)" if rec["compile"] else "")
         steps = str(rec["steps"]) + (f" (+{rec['extra_steps']})" if rec["extra_steps"] else "")
         cells.append(
@@ -134,7 +136,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 _fmt(rec["prefill_ms"], ".2f"),
                 steps,
                 _syncs(rec),
-                _fmt(speed, ".3f") + "x" if speed is not None else "-",
+                _fmt(speed, ".3f") + "x" + doubt if speed is not None else "-",
                 rec["parity"],
             ]
         )
@@ -166,4 +168,17 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     out.append(rule)
     notes = sorted({n for r in rows for n in r["note"].split("; ") if n})
     out += [f"note: {n}" for n in notes]
+    if any(r["stream"] == "nostop" for r in rows):
+        out.append(
+            "note: nostop runs every step even after all rows finished (see steps): its tok/s counts kept tokens only, "
+            "so it can read below baseline; its ms/token is the per-step bound without a stop check"
+        )
+    out.append("note: '-' = not measured here (no decode step, not counted under torch.compile, or no baseline)")
+    unstable = [r for r in rows if r.get("unstable")]
+    if unstable:
+        out.append(
+            f"WARNING: {len(unstable)} of {len(rows)} variants are unstable (spread over 10%): their 'vs baseline' "
+            "carries '?' and is not a speedup; rerun with more --decodeperf-rounds, --decodeperf-threads=1, "
+            "or on a quieter machine"
+        )
     return "\n".join(out)

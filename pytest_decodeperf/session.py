@@ -60,7 +60,8 @@ class DecodePerfSession:
             from .engine.runner import Runner
 
             tracer = Tracer(self.settings.nvtx, self.settings.profile_steps, self.device)
-            self._runner = Runner(self.device, self.settings.rounds, self.settings.warmup, tracer)
+            threads = self.settings.threads or (1 if self.device.type == "cpu" else None)
+            self._runner = Runner(self.device, self.settings.rounds, self.settings.warmup, tracer, threads=threads)
         return self._runner
 
     def machine(self) -> MachineInfo:

@@ -120,3 +120,27 @@ def test_a_compiled_variant_keeps_its_compile_round_apart_and_counts_graphs(tiny
 def test_an_unknown_compile_mode_is_refused() -> None:
     with pytest.raises(DecodePerfError, match="compile must be True, False or one of default, reduce-overhead"):
         Variant("tiny-gpt2", compile="ludicrous").validate()
+
+
+def test_the_runner_pins_torch_threads_while_measuring_and_records_them(tiny_model: PreTrainedModel) -> None:
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 1
+    rec = Runner("cpu", rounds=1, warmup=0, threads=wanted).run(
+        Variant("tiny-gpt2", batch_size=1, new_tokens=6), tiny_model
+    )
+    assert rec.record()["threads"] == wanted
+    assert torch.get_num_threads() == before  # restored for the caller
+
+
+def test_an_unstable_variant_gets_no_clean_speedup_and_a_warning() -> None:
+    from test_plots import record
+
+    from pytest_decodeperf.report import render_table
+
+    steady = [record("baseline"), record("pipelined")]
+    assert "?" not in render_table(steady) and "unstable" not in render_table(steady)
+    shaky = [record("baseline", spread_pct=25.0, unstable=True), record("pipelined")]
+    table = render_table(shaky)
+    pipelined = next(line for line in table.splitlines() if " pipelined " in line)
+    assert "1.100x?" in pipelined  # its baseline is noise: the ratio is marked, not shown clean
+    assert "WARNING: 1 of 2 variants are unstable (spread over 10%)" in table

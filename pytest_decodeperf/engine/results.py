@@ -17,6 +17,10 @@ from .syncs import SyncReport
 from .variants import Variant
 from .workload import Workload
 
+# Above this IQR/median of tok/s a variant's figures are not a measurement but noise: the table marks
+# them and never shows their ratio as a clean speedup (pyperf's "the benchmark seems unstable").
+UNSTABLE_SPREAD_PCT = 10.0
+
 
 @dataclass(frozen=True)
 class Roofline:
@@ -61,6 +65,7 @@ class VariantResult:
     profile: ProfileStats | None = None  # CUDA only: syncs and GPU idle of one untimed generation
     roofline: Roofline | None = None
     syncs: SyncReport | None = None  # blocking reads per decode step, counted in one untimed generation
+    threads: int | None = None  # torch threads while measuring
 
     @property
     def output(self) -> DecodeOutput:
@@ -105,6 +110,8 @@ class VariantResult:
             samples_ms_per_token=[r.ms_per_token for r in m.rounds],
             samples_prefill_ms=[1e3 * r.prefill_s for r in m.rounds if r.prefill_s is not None],
             spread_pct=m.spread_pct,
+            unstable=m.spread_pct > UNSTABLE_SPREAD_PCT,
+            threads=self.threads if self.threads is not None else torch.get_num_threads(),
             note="; ".join(notes),
             stop_reads=out.host_reads,
             compiled_graphs=m.compile_stats.get("unique_graphs") if v.compile else None,

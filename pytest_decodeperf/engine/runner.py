@@ -63,6 +63,7 @@ class Runner:
         tracer: Tracer = NULL_TRACER,
         seed: int = 0,
         profile_gpu: bool = True,
+        threads: int | None = None,
     ):
         self.device = torch.device(device)
         self.rounds = rounds
@@ -70,6 +71,9 @@ class Runner:
         self.tracer = tracer
         self.seed = seed
         self.profile_gpu = profile_gpu and self.device.type == "cuda"
+        # torch's thread count changes CPU timings by tens of percent under load: pinned while
+        # measuring when given, and recorded in every record either way.
+        self.threads = threads
         self._models: dict[tuple[str, str], PreTrainedModel] = {}
         # Per model object, never per id(): Python reuses the ids of freed objects, and a new model
         # must not inherit a freed one's prompts, stops or reference tokens.
@@ -279,8 +283,16 @@ class Runner:
         ``max_syncs_per_step``: hidden blocking reads allowed per decode step (default 0 for the
         decode loop's modes, not gated for generate()'s); the result says when it is exceeded.
         """
-        with no_padding_check(model if model is not None else self.model(variant.model, variant.dtype)):
-            return self._run(variant, model, parity, max_syncs_per_step)
+        before = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            with no_padding_check(model if model is not None else self.model(variant.model, variant.dtype)):
+                result = self._run(variant, model, parity, max_syncs_per_step)
+            result.threads = torch.get_num_threads()
+            return result
+        finally:
+            torch.set_num_threads(before)
 
     def _run(
         self, variant: Variant, model: PreTrainedModel | None, parity: bool, max_syncs_per_step: int | None
