@@ -33,7 +33,9 @@ def loop_refusal(model: PreTrainedModel) -> str | None:
     name = type(model).__name__
     if getattr(model.config, "is_encoder_decoder", False):
         return f"{name} is an encoder-decoder: it needs encoder inputs, which the decode loop does not give"
-    params = inspect.signature(model.forward).parameters
+    # The class's forward, not the instance's: a user's wrapper (``model.forward = timed(...)``)
+    # takes ``*args, **kwargs`` and says nothing about what the model takes.
+    params = inspect.signature(type(model).forward).parameters
     if "past_key_values" not in params:
         other = " (it keeps its state in cache_params)" if "cache_params" in params else ""
         return (

@@ -41,6 +41,7 @@ class _ModelState:
 
     workloads: dict[tuple[Any, ...], Workload] = field(default_factory=dict)
     compiled: dict[bool | str, Any] = field(default_factory=dict)
+    graphs_before: dict[bool | str, int] = field(default_factory=dict)  # dynamo's graph count at compile time
     baselines: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
     references: dict[tuple[Any, ...], tuple[torch.Tensor, str]] = field(default_factory=dict)
     takes_causal_mask: bool | None = None
@@ -145,6 +146,7 @@ class Runner:
                     other.compiled.clear()
             self._last_compiled = weakref.ref(model)
             mode = None if variant.compile is True or variant.compile == "default" else str(variant.compile)
+            state.graphs_before[variant.compile] = compile_counters()["unique_graphs"]
             state.compiled[variant.compile] = torch.compile(model, mode=mode)
         compiled: PreTrainedModel = state.compiled[variant.compile]
         return compiled
@@ -314,7 +316,8 @@ class Runner:
             if variant.compile:
                 after = compile_counters()
                 measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
-                if not variant.is_hf and after.get("unique_graphs", 0) == 0:
+                since = self._of(model).graphs_before.get(variant.compile)
+                if not variant.is_hf and since is not None and after.get("unique_graphs", 0) - since <= 0:
                     raise DecodePerfError(
                         f"{variant.id}: torch.compile produced no graph at all: the model ran eager, so this "
                         "would be an eager figure under a compiled label (dynamo's recompile limit, or a graph break "
