@@ -2,9 +2,10 @@
 
 Twelve causal LMs built from tiny configs (random init, seeded), every engine cache with the
 blocking baseline and the pipelined mode, plus generate() itself, at batch 1 and 4, with real EOS
-stops and without. Mamba keeps its state in ``cache_params``: the engine's caches would feed it a
-``past_key_values`` it ignores (wrong tokens in every stream mode alike), so the loop refuses it in
-one line, while generate() still runs it.
+stops and without. Before transformers 5.24 Mamba keeps its state in ``cache_params``: the engine's
+caches would feed it a cache it ignores (wrong tokens in every stream mode alike), so the loop
+refuses it in one line, while generate() still runs it; from 5.24 it takes the unified cache and
+must match generate(). A model that takes a cache and ignores it is refused by a probe.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from transformers import (
 )
 
 from pytest_decodeperf import Runner, Variant
+from pytest_decodeperf.engine.caches import cache_keyword
 from pytest_decodeperf.errors import DecodePerfError
 
 torch.set_num_threads(1)
@@ -180,14 +182,47 @@ def mamba() -> PreTrainedModel:
 
 
 @pytest.mark.parametrize("cache", ["none", "dynamic", "static"])
-def test_a_state_space_model_is_refused_by_the_loop_in_one_line_naming_its_class(runner: Runner, cache: str) -> None:
+def test_a_state_space_model_is_never_passed_with_wrong_tokens(runner: Runner, cache: str) -> None:
+    """transformers < 5.24: Mamba keeps its state in ``cache_params`` and the loop refuses it in one line.
+
+    From 5.24 its forward takes the unified ``cache=`` (linear-attention layers in the same Cache
+    classes): the loop drives it, and every item must then match generate().
+    """
     model = mamba()
+    if cache_keyword(model) is None:
+        with pytest.raises(DecodePerfError) as caught:
+            runner.run(Variant("mamba", cache, "pipelined", 2, NEW), model)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith(f"mamba-{cache}-pipelined-b2: MambaForCausalLM.forward takes no Cache")
+        assert "hf-generate" in message
+        return
+    for stream in ("baseline", "pipelined"):
+        result = runner.run(Variant("mamba", cache, stream, 2, NEW), model)
+        assert result.parity is not None and result.parity.ok, str(result.parity)
+        assert result.parity.reference == "transformers generate()"
+
+
+class ForgetfulGPT2(GPT2LMHeadModel):
+    """Takes a cache by name and drops it: every step sees only the newest token."""
+
+    def forward(self, input_ids: Any = None, cache: Any = None, past_key_values: Any = None, **kwargs: Any) -> Any:
+        return super().forward(input_ids, **kwargs)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_model_that_ignores_its_cache_is_refused_though_generate_agrees_with_it(runner: Runner, cache: str) -> None:
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, **IDS, **INIT)
+    model = build("forgetful", lambda: ForgetfulGPT2(config))
     with pytest.raises(DecodePerfError) as caught:
-        runner.run(Variant("mamba", cache, "pipelined", 2, NEW), model)
+        runner.run(Variant("forgetful", cache, "baseline", 2, NEW), model)
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith(f"mamba-{cache}-pipelined-b2: MambaForCausalLM.forward takes no past_key_values")
-    assert "hf-generate" in message
+    assert message.startswith(f"forgetful-{cache}-baseline-b2: ForgetfulGPT2 ignores the cache its forward takes")
+    # the trap it closes: generate() is as wrong as the loop, so parity alone would pass
+    result = runner.run(Variant("forgetful", "dynamic", "hf-generate", 2, NEW), model)
+    assert result.parity is not None and result.parity.ok
+    assert runner.run(Variant("forgetful", "none", "baseline", 2, NEW), model).parity is not None
 
 
 def test_generate_still_runs_a_state_space_model_and_matches_itself(runner: Runner) -> None:

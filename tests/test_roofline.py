@@ -23,6 +23,7 @@ from transformers import (
 )
 
 import pytest_decodeperf.engine.roofline as roofline
+from pytest_decodeperf.engine.caches import cache_keyword
 
 torch.set_num_threads(1)
 
@@ -144,14 +145,15 @@ def run_decode(model: PreTrainedModel, cache: Any, batch: int) -> list[int]:
     """Greedy prefill of PROMPT tokens then STEPS single-token steps; returns K/V bytes read per decode step."""
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(2, VOCAB, (batch, PROMPT), generator=gen)
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    kw = cache_keyword(model) or "past_key_values"
+    out = model(input_ids=ids, use_cache=True, **{kw: cache})
     reads: list[int] = []
     for _ in range(STEPS):
         nxt = out.logits[:, -1:].argmax(-1)
         recorded = getattr(cache, "returned", None)
         if recorded is not None:
             recorded.clear()
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        out = model(input_ids=nxt, use_cache=True, **{kw: cache})
         if recorded is not None:
             reads.append(sum(recorded))
     assert cache.get_seq_length() == PROMPT + STEPS
@@ -202,7 +204,8 @@ def test_generate_cache_matches() -> None:
             ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True, pad_token_id=0, eos_token_id=None
         )
     positions = out.sequences.shape[1] - 1  # the last generated token is never fed back
-    assert cache_nbytes(out.past_key_values) == roofline.kv_cache_bytes_held(model.config, torch.float32, positions)
+    returned = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.24
+    assert cache_nbytes(returned) == roofline.kv_cache_bytes_held(model.config, torch.float32, positions)
 
 
 @pytest.mark.parametrize("name", ["gpt2-mha", "llama-gqa", "mistral-sliding", "qwen2-mixed"])

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import torch
@@ -22,6 +22,7 @@ from transformers import (
     masking_utils,
 )
 
+from pytest_decodeperf.engine.caches import cache_keyword
 from pytest_decodeperf.engine.hidden_syncs import full_causal_mask, no_padding_check
 from pytest_decodeperf.engine.syncs import SyncCounter
 
@@ -120,10 +121,10 @@ def greedy(
                     inputs = seq[:, :length]  # [B, T]
                 else:
                     inputs = seq[:, length - 1 : length]  # [B, 1]
-                kwargs: dict[str, torch.Tensor] = {}
+                kwargs: dict[str, Any] = {cache_keyword(model) or "past_key_values": cache}
                 if mask_4d:
                     kwargs["attention_mask"] = full_causal_mask(batch, inputs.shape[1], torch.float32, device)
-                out = model(inputs, past_key_values=cache, use_cache=cache is not None, **kwargs)
+                out = model(inputs, use_cache=cache is not None, **kwargs)
                 token = torch.argmax(out.logits[:, -1, :], dim=-1)  # [B]
                 token = torch.where(finished, pad, token)
                 seq[:, length] = token

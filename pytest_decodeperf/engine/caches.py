@@ -9,8 +9,10 @@ transformers cache means one more ``register_cache`` call, e.g.::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import Cache, DynamicCache, PreTrainedModel, StaticCache
 
@@ -21,7 +23,7 @@ CacheFactory = Callable[[PreTrainedModel, int, int], Cache | None]
 
 @dataclass(frozen=True)
 class CacheStrategy:
-    """How to make the ``past_key_values`` for one generation.
+    """How to make the Cache for one generation.
 
     ``feeds_full_sequence``: no cache; every step re-runs the whole sequence (the article's naive loop).
     ``preallocated``: the cache is made once, outside the timed region, and ``reset()`` before each
@@ -35,6 +37,27 @@ class CacheStrategy:
 
 
 CACHES: dict[str, CacheStrategy] = {}
+
+# The keyword a model's forward takes its cache by: transformers 5.24 renamed ``past_key_values`` to
+# ``cache`` (the old name still works there, with a FutureWarning on every call, until 5.40).
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+_KEYWORD_OF: dict[type, str | None] = {}  # per model class: the decode loop asks every step
+
+
+def cache_keyword(model: Any) -> str | None:
+    """The keyword ``model``'s forward takes a Cache by (None: it takes none).
+
+    Judged by the class's forward, not the instance's: a user's wrapper (``model.forward =
+    timed(...)``) takes ``*args, **kwargs`` and says nothing, and a ``torch.compile`` wrapper stands
+    for its ``_orig_mod``. Looked up once per class: the decode loop asks every step.
+    """
+    cls = type(getattr(model, "_orig_mod", model))
+    if cls not in _KEYWORD_OF:
+        params = inspect.signature(cls.forward).parameters
+        _KEYWORD_OF[cls] = next((name for name in CACHE_KEYWORDS if name in params), None)
+    return _KEYWORD_OF[cls]
 
 
 def register_cache(strategy: CacheStrategy) -> CacheStrategy:

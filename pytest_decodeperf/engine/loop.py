@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import Cache, PreTrainedModel
 
 from ..errors import DecodePerfError
-from .caches import CacheSlot
+from .caches import CacheSlot, cache_keyword
 from .device_runtime import DeviceRuntime
 from .hidden_syncs import full_causal_mask
 from .nvtx import NULL_TRACER, Tracer
@@ -58,11 +59,12 @@ def forward_next_token(
     ``causal_mask``: pass a ready 4-D causal mask (the cache-less loop): without one, transformers'
     masking code reads a device tensor on the host (``(...).all()`` in a Python ``if``) every forward.
     """
-    extra: dict[str, torch.Tensor] = {}
+    extra: dict[str, Any] = {}
     if causal_mask:
         batch, length = inputs.shape
         extra["attention_mask"] = full_causal_mask(batch, length, _float_dtype(model), inputs.device)  # [B,1,T,T]
-    out = model(inputs, past_key_values=cache, use_cache=cache is not None, **extra)
+    extra[cache_keyword(model) or "past_key_values"] = cache
+    out = model(inputs, use_cache=cache is not None, **extra)
     logits = out.logits[:, -1, :]  # [B, V]
     return torch.argmax(logits, dim=-1)
 

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import DecodePerfError
-from .caches import CacheSlot, get_cache
+from .caches import CacheSlot, cache_keyword, get_cache
 from .hf_generate import hf_generate
 from .hidden_syncs import accepts_causal_mask, no_padding_check
 from .loop import DecodeOutput, generate
@@ -25,7 +25,7 @@ from .models import build_model
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
-from .reference import judged_report, loop_refusal
+from .reference import ignored_cache_refusal, judged_report, loop_refusal
 from .results import Roofline, VariantResult
 from .roofline import MIB, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
 from .stream_modes import get_stop_policy
@@ -45,6 +45,7 @@ class _ModelState:
     baselines: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
     references: dict[tuple[Any, ...], tuple[torch.Tensor, str]] = field(default_factory=dict)
     takes_causal_mask: bool | None = None
+    cache_refusal: tuple[str | None] | None = None  # (why the model cannot be given a cache,), probed once
 
     def causal_mask(self, model: PreTrainedModel) -> bool:
         """Whether the cache-less loop may pass a ready causal mask to this model (probed once)."""
@@ -173,7 +174,7 @@ class Runner:
             # inside a trace its lazy initialisation skips mark_static_address, and CUDA graphs
             # (reduce-overhead) then copy the cache in and out every step.
             with torch.no_grad():
-                model(workload.prompts, past_key_values=slot.fresh(), use_cache=True)
+                model(workload.prompts, use_cache=True, **{cache_keyword(model) or "past_key_values": slot.fresh()})
         tracer = self.tracer.without_window()  # the capture window has its own generation (profile_window)
         if slot.strategy.feeds_full_sequence:
             self._of(target).causal_mask(target)  # probe once, before any timed round
@@ -305,6 +306,12 @@ class Runner:
         if refusal is not None and (not variant.is_hf or getattr(model.config, "is_encoder_decoder", False)):
             hint = "" if variant.is_hf else "; its generate() stream modes (hf-generate) may still run it"
             raise DecodePerfError(f"{variant.id}: {refusal}{hint}")
+        state = self._of(model)
+        if variant.cache != "none" and not variant.is_hf:
+            if state.cache_refusal is None:
+                state.cache_refusal = (ignored_cache_refusal(model),)
+            if state.cache_refusal[0] is not None:
+                raise DecodePerfError(f"{variant.id}: {state.cache_refusal[0]}; cache=none still runs it")
         workload = self.workload(model, variant)
         once = self.run_once_fn(model, variant, workload)
         profile: ProfileStats | None = None
