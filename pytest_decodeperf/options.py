@@ -242,8 +242,26 @@ OPTIONS: tuple[OptionSpec, ...] = (
         const="latest",
     ),
     OptionSpec(
+        "ab",
+        "same-session A/B: time REF (default HEAD~1, or the merge base on a branch) against this checkout, "
+        "rounds interleaved, and fail on a significant slowdown",
+        lambda t: str(t).strip(),
+        None,
+        metavar="REF",
+        optional_value=True,
+        const="",
+    ),
+    OptionSpec(
+        "ab-max-pairs",
+        "with --decodeperf-ab: the most A/B round pairs per variant before the verdict is UNKNOWN (default 200)",
+        _int("A/B pairs", 10),
+        200,
+        metavar="N",
+    ),
+    OptionSpec(
         "fail-on-regression",
-        "with --decodeperf-compare: fail when a metric is significantly worse by more than PCT percent (default 5)",
+        "with --decodeperf-compare or --decodeperf-ab: fail when a metric is significantly worse by more than PCT "
+        "percent (default 5)",
         _pct,
         5.0,
         metavar="PCT",
@@ -330,6 +348,8 @@ class Settings:
     asv: str | None
     asv_config: Path
     compare: str | None
+    ab: str | None
+    ab_max_pairs: int
     fail_on_regression: float
     plot: Path | None
     share_gpu: bool

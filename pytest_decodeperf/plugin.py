@@ -23,12 +23,14 @@ from .xdist_support import RECORDS_KEY, assign_gpu, check_worker_gpu, pin_worker
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from .ab.session import ABSession
     from .engine.results import VariantResult
     from .engine.variants import Variant
     from .records import ResultRecord
 
 SESSION_KEY = pytest.StashKey[DecodePerfSession]()
 MODEL_KEY = pytest.StashKey[Any]()
+AB_KEY = pytest.StashKey["ABSession"]()
 SKIP_REASON = "decode perf tests need --decodeperf"
 MARKER = "decode_perf"
 
@@ -68,7 +70,41 @@ def pytest_configure(config: pytest.Config) -> None:
                 "pytest-decodeperf: --decodeperf-profile-steps needs CUDA (cudaProfilerApi); this run is on "
                 f"{session.device.type}"
             )
+        if settings.ab is not None:
+            _configure_ab(config, settings, session.device.type)
     config.stash[SESSION_KEY] = session
+
+
+def _configure_ab(config: pytest.Config, settings: Settings, device: str) -> None:
+    if getattr(config, "workerinput", None) is not None or config.getoption("numprocesses", None):
+        raise pytest.UsageError("pytest-decodeperf: --decodeperf-ab runs its own two workers; drop -n (xdist)")
+    from .ab.session import ABSession
+
+    try:
+        config.stash[AB_KEY] = ABSession(settings, config.rootpath, device)
+    except DecodePerfError as exc:
+        raise pytest.UsageError(f"pytest-decodeperf: {exc}") from None
+
+
+def _ab(config: pytest.Config) -> ABSession | None:
+    return config.stash.get(AB_KEY, None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    ab = _ab(session.config)
+    if ab is None:
+        return
+    marked = [item.nodeid for item in session.items if _item_param(item) is not None]
+    try:
+        ab.start(session.config, session.items, marked)
+    except DecodePerfError as exc:
+        raise pytest.UsageError(f"pytest-decodeperf: {exc}") from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    ab = _ab(config)
+    if ab is not None:
+        ab.close()
 
 
 def _session(config: pytest.Config) -> DecodePerfSession:
@@ -131,7 +167,7 @@ def _narrowed_out(variant: Variant, settings: Settings) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     settings = _session(config).settings
     bs = getattr(config, "_benchmarksession", None)
-    feeds_benchmark = settings.enabled and bs is not None and not bs.disabled
+    feeds_benchmark = settings.enabled and bs is not None and not bs.disabled and _ab(config) is None
     _check_model_names(config, settings, items)
     keep: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
@@ -230,6 +266,8 @@ def decode_result(_decodeperf_param: tuple[Variant, bool] | None) -> VariantResu
 def _decodeperf_autorun(request: pytest.FixtureRequest, _decodeperf_param: tuple[Variant, bool] | None) -> None:
     """Set up the model of every marked item, so the call phase can measure it and a test body may be empty."""
     if _decodeperf_param is not None and _session(request.config).settings.enabled:
+        if _ab(request.config) is not None:
+            return  # under --decodeperf-ab the two workers set up the model, each in its own tree
         request.node.stash[MODEL_KEY] = request.getfixturevalue("decode_model")
 
 
@@ -271,6 +309,14 @@ def _feed_pytest_benchmark(item: pytest.Item, result: VariantResult, record: Res
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    ab = _ab(item.config)
+    param = _item_param(item)
+    if ab is not None and param is not None:
+        verdict = ab.judge(item.nodeid, item.name)
+        result = yield
+        if verdict is not None and verdict.failed:
+            pytest.fail(f"A/B against {ab.sides.ref}: {verdict.line()}", pytrace=False)
+        return result
     outcome = _run_item(item)
     if outcome is not None and outcome.error is not None:
         pytest.fail(outcome.error, pytrace=False)
@@ -284,7 +330,27 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     return result
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Under --decodeperf-ab the body is not run in the controller: it has no model, only a verdict."""
+    if _ab(pyfuncitem.config) is not None and _item_param(pyfuncitem) is not None:
+        return True
+    return None
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """An item whose setup failed or was skipped is never judged: keep the A/B workers in step."""
+    ab = _ab(item.config)
+    if ab is not None and call.when == "setup" and call.excinfo is not None and _item_param(item) is not None:
+        ab.setup_failed(item.nodeid)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    ab = _ab(config)
+    if ab is not None and ab.summary():
+        terminalreporter.write_sep("=", "decode perf A/B")
+        for line in ab.summary():
+            terminalreporter.write_line(line)
     session = _session(config)
     if not session.records:
         return

@@ -1,0 +1,84 @@
+"""``--decodeperf-ab`` inside the controller's pytest session: the checks, the worktree, the workers.
+
+The plugin (``plugin.py``) calls these from its hooks; everything A/B-specific stands here so the
+plugin stays a thin layer and loads nothing heavy when the option is not given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from ..errors import DecodePerfError
+from ..options import Settings
+from .checkout import Sides, check_files_at_ref, resolve_sides, worktree
+from .controller import ABRun, ItemVerdict
+
+
+class ABSession:
+    def __init__(self, settings: Settings, rootdir: Path, device: str):
+        self.settings = settings
+        self.device = device
+        self.sides: Sides = resolve_sides(rootdir, settings.ab or "")  # raises DecodePerfError: one line
+        self.threshold = settings.fail_on_regression / 100.0
+        if not 0.0 < self.threshold < 1.0:
+            raise DecodePerfError(
+                f"--decodeperf-ab needs a gate between 0 and 100%, got --decodeperf-fail-on-regression "
+                f"{settings.fail_on_regression:g}"
+            )
+        self._stack = contextlib.ExitStack()
+        self.run: ABRun | None = None
+        self.not_at_ref: set[str] = set()
+
+    def _worker_args(self, config: pytest.Config, files: list[str]) -> list[str]:
+        """Both sides collect the same files (not node ids: one REF lacks would stop pytest there)."""
+        s = self.settings
+        args = ["-p", "no:cacheprovider", "-q", "--decodeperf"]
+        args += [f"--decodeperf-device={self.device}", f"--decodeperf-warmup={s.warmup}"]
+        if s.threads is not None:
+            args.append(f"--decodeperf-threads={s.threads}")
+        if s.new_tokens is not None:
+            args.append(f"--decodeperf-new-tokens={s.new_tokens}")
+        if config.pluginmanager.hasplugin("xdist"):
+            args += ["-p", "no:xdist"]  # one process per side, never several at once
+        if config.pluginmanager.hasplugin("benchmark"):
+            args.append("--benchmark-disable")
+        return [*args, *files]
+
+    def start(self, config: pytest.Config, items: list[pytest.Item], marked: list[str]) -> None:
+        """Worktree of REF, both workers, the shared order; items REF lacks are skipped with a reason."""
+        if not marked:
+            return
+        files = [Path(str(item.path)) for item in items if item.nodeid in marked]
+        try:
+            tree = self._stack.enter_context(worktree(self.sides))
+            check_files_at_ref(self.sides, tree, files)
+            rel_files = sorted({str(f.resolve().relative_to(self.sides.rootdir)) for f in files})
+            args = self._worker_args(config, rel_files)
+            self.run = ABRun(self.sides, tree, self.threshold, self.settings.ab_max_pairs, args)
+            self._stack.callback(self.run.close)
+            self.not_at_ref = self.run.start(marked)
+        except BaseException:
+            self.close()
+            raise
+        reason = f"not at REF {self.sides.ref} ({self.sides.a_commit[:8]}): nothing to compare with"
+        for item in items:
+            if item.nodeid in self.not_at_ref:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+    def judge(self, nodeid: str, label: str) -> ItemVerdict | None:
+        if self.run is None or nodeid in self.not_at_ref:
+            return None
+        return self.run.judge(nodeid, label)
+
+    def setup_failed(self, nodeid: str) -> None:
+        if self.run is not None and nodeid not in self.not_at_ref:
+            self.run.skip(nodeid)
+
+    def summary(self) -> list[str]:
+        return self.run.summary() if self.run is not None and self.run.results else []
+
+    def close(self) -> None:
+        self._stack.close()

@@ -1,0 +1,113 @@
+"""One side of an A/B run: a pytest session in that side's tree that times rounds when the controller asks.
+
+Run by file path (``python .../ab/worker.py R,W TREE -- PYTEST ARGS``), never imported from the
+package at start: the tree goes first on ``sys.path``, so the user's conftest, model code and, when
+the tree is pytest-decodeperf itself, its own engine and plugin are the ones that side has. The
+worker collects the items it is given, puts them in the controller's order, sets each one up like
+any test (every fixture, the user's autouse ones included) and then serves the controller:
+``ready`` (warmed up, sync count attached) or ``error``; one ``round`` per request; ``done``.
+The item's own measurement is then skipped: the controller judges, the worker only times.
+
+Messages are pickled tuples on two pipes the controller opened (``multiprocessing.connection``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Generator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pytest
+
+PROTOCOL = 1
+
+
+class WorkerPlugin:
+    def __init__(self, inbox: Connection, outbox: Connection):
+        self.inbox = inbox
+        self.outbox = outbox
+        self.order: list[str] = []
+
+    def _plugin(self, config: pytest.Config) -> Any:
+        plugin = config.pluginmanager.get_plugin("decodeperf") or sys.modules.get("pytest_decodeperf.plugin")
+        if plugin is None or not hasattr(plugin, "MODEL_KEY") or not hasattr(plugin, "_item_param"):
+            raise RuntimeError("this tree's pytest-decodeperf plugin is not loaded or predates the A/B protocol")
+        return plugin
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        plugin = self._plugin(config)
+        marked = {item.nodeid: item for item in items if plugin._item_param(item) is not None}
+        self.outbox.send(("collected", PROTOCOL, sorted(marked)))
+        kind, order = self.inbox.recv()
+        assert kind == "order"
+        self.order = [nodeid for nodeid in order if nodeid in marked]
+        deselected = [item for item in items if item.nodeid not in set(self.order)]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+        items[:] = [marked[nodeid] for nodeid in self.order]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # An item whose setup failed or was skipped never reaches the call phase: tell the controller.
+        if report.when == "setup" and not report.passed and report.nodeid in self.order:
+            text = str(report.longrepr).strip().splitlines() if report.longrepr else []
+            reason = text[-1] if text else report.outcome
+            self.outbox.send(("error", report.nodeid, f"setup {report.outcome}: {reason}"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        plugin = self._plugin(item.config)
+        if item.nodeid in self.order:
+            self._serve(item, plugin)
+            if plugin.MODEL_KEY in item.stash:
+                del item.stash[plugin.MODEL_KEY]  # the controller judges: the item does not measure itself
+        return (yield)
+
+    def _serve(self, item: pytest.Item, plugin: Any) -> None:
+        try:
+            from pytest_decodeperf.engine.paired import PairedRounds
+
+            variant, _parity = plugin._item_param(item)
+            model = item.stash[plugin.MODEL_KEY]
+            rounds = PairedRounds(plugin._session(item.config).runner, model, variant)
+            rounds.warm()
+            syncs = rounds.syncs_per_step()
+        except Exception as exc:  # one line back to the controller, the whole trace in this side's log
+            traceback.print_exc()
+            self.outbox.send(("error", item.nodeid, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+            return
+        self.outbox.send(("ready", item.nodeid, {"syncs_per_step": syncs}))
+        while True:
+            message = self.inbox.recv()
+            if message[0] == "done":
+                return
+            try:
+                self.outbox.send(("round", item.nodeid, rounds.round()))
+            except Exception as exc:
+                traceback.print_exc()
+                self.outbox.send(("error", item.nodeid, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+                return
+
+
+def main(argv: list[str]) -> int:
+    fds, tree, sep, *pytest_args = argv
+    assert sep == "--"
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # not this folder's modules
+    sys.path.insert(0, tree)
+    os.chdir(tree)
+    read_fd, write_fd = (int(fd) for fd in fds.split(","))
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    code = int(pytest.main(pytest_args, plugins=[WorkerPlugin(inbox, outbox)]))
+    try:
+        outbox.send(("exit", code))
+    except OSError:
+        pass  # the controller is gone (it stopped early): nothing to tell
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,78 @@
+"""One variant made ready for timed rounds on demand: the unit of work of the same-session A/B gate.
+
+``measure()`` runs all of a variant's rounds at once. An A/B run instead interleaves single rounds
+of two processes (ABBA), so each side must be able to run *one* timed generation when asked, with
+the same clock, the same thread pinning and the same removal of transformers' hidden host reads as
+a normal measurement, and no per-round extras (no memory round, no profiler) that would land
+between the two halves of a pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+import torch
+from transformers import PreTrainedModel
+
+from .hidden_syncs import no_padding_check
+from .measure import Clock, Round, measure
+from .profiling import compile_counters
+from .runner import Runner
+from .variants import Variant
+
+METRICS = ("ms_per_token", "prefill_ms")  # lower is better; what the A/B gate decides on
+
+
+class PairedRounds:
+    """``warm()`` once, then ``round()`` as often as the gate asks; ``syncs_per_step()`` is exact."""
+
+    def __init__(self, runner: Runner, model: PreTrainedModel, variant: Variant):
+        self.runner = runner
+        self.model = model
+        self.variant = variant.validate(runner.device)
+        self.workload = runner.workload(model, variant)
+        self._once = runner.run_once_fn(model, variant, self.workload)
+        self._clock = Clock(runner.device)
+
+    @contextlib.contextmanager
+    def _pinned(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        if self.runner.threads is not None:
+            torch.set_num_threads(self.runner.threads)
+        try:
+            with no_padding_check(self.model):
+                yield
+        finally:
+            torch.set_num_threads(before)
+
+    def warm(self) -> None:
+        """The runner's warmup rounds (at least one; more while torch.compile still makes graphs)."""
+        settled = (lambda: compile_counters()["unique_graphs"]) if self.variant.compile else None
+        with self._pinned():
+            measure(self._once, self.runner.device, 0, max(self.runner.warmup, 1), settled)
+
+    def round(self) -> dict[str, float]:
+        """One timed generation: its metrics (``METRICS``), lower is better."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # as timeit does: no collector pause inside the round (a full collect costs more than one)
+        try:
+            with self._pinned(), torch.inference_mode():
+                self._clock.start()
+                out = self._once(self._clock)
+                total, prefill = self._clock.stop()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        timed = Round(total, prefill, out)
+        metrics = {"ms_per_token": timed.ms_per_token}
+        if prefill is not None:
+            metrics["prefill_ms"] = 1e3 * prefill
+        return metrics
+
+    def syncs_per_step(self) -> float | None:
+        """Hidden blocking device reads per decode step (deterministic; None where not counted)."""
+        with self._pinned():
+            report = self.runner.count_syncs(self.model, self.variant, self.workload, None)
+        return None if report is None else report.hidden_per_step

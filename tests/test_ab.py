@@ -1,0 +1,183 @@
+"""Same-session A/B (``--decodeperf-ab``), end to end in a temporary git repository, and its bad input.
+
+Commit 1 is the good code; commit 2 adds ~8 ms of busy work to every forward of tiny-gpt2 through a
+``decode_model`` override (a step is 1-3 ms here: a slowdown of several times, which no noise on
+this machine reaches, so the test cannot flake). ``--decodeperf-ab`` against commit 1 must fail
+naming the variant, the ratio and the interval; against HEAD itself (A/A) it must not fail. The
+gate's statistics are tested on synthetic samples (``test_ab_stats.py``); its live false-alarm and
+detection rates come from ``scripts/ab_validity.py`` and stand in the README.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CONFTEST = """
+import time
+import pytest
+from pytest_decodeperf import build_model
+
+SLOWDOWN_S = {slowdown}
+
+@pytest.fixture
+def decode_model(decode_variant):
+    model = build_model(decode_variant.model)
+    def work(*_):  # deliberate extra work per forward (0 s on the good commit)
+        end = time.perf_counter() + SLOWDOWN_S
+        while time.perf_counter() < end:
+            pass
+    model.register_forward_hook(work)
+    return model
+"""
+TEST = """
+import pytest
+
+@pytest.mark.decode_perf(models="tiny-gpt2", cache="dynamic", stream=("baseline", "pipelined"), new_tokens=8,
+                         stop="none")
+def test_decode():
+    assert False, "under --decodeperf-ab the body runs in neither the controller nor the workers"
+"""
+ARGS = ["--decodeperf", "--decodeperf-ab-max-pairs=40", "--decodeperf-warmup=1", "-p", "no:cacheprovider"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = pytester.path
+    git(path, "init", "-q", "-b", "main")
+    pytester.makeconftest(CONFTEST.format(slowdown=0.0))
+    pytester.makepyfile(test_decode=TEST)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "good")
+    return path
+
+
+def commit_slowdown(pytester: pytest.Pytester, repo: Path, seconds: float) -> None:
+    pytester.makeconftest(CONFTEST.format(slowdown=seconds))
+    git(repo, "commit", "-q", "-am", f"slower by {seconds} s per forward")
+
+
+def worktrees(repo: Path) -> list[str]:
+    return [line for line in git(repo, "worktree", "list").splitlines() if line]
+
+
+def test_a_slowdown_commit_fails_naming_the_variant_the_ratio_and_the_interval(
+    pytester: pytest.Pytester, repo: Path
+) -> None:
+    commit_slowdown(pytester, repo, 0.008)
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*A/B against HEAD~1: test_decode[[]tiny-gpt2-dynamic-baseline-b1[]]: ms/token worse x*(99% CI *-*, *",
+            "*= decode perf A/B =*",
+            "decode perf A/B: B = * (the checkout) against A = * (HEAD~1); gate 5%, ABBA rounds, at most 40 pairs",
+        ]
+    )
+    assert "assert False" not in result.stdout.str()  # the body ran nowhere
+    assert len(worktrees(repo)) == 1  # the temporary worktree is gone
+
+
+def test_the_same_commit_against_itself_does_not_fail(pytester: pytest.Pytester, repo: Path) -> None:
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab=HEAD")
+    result.assert_outcomes(passed=2)
+    text = result.stdout.str()
+    assert "worse" not in text and "syncs/step 0 -> 0" in text
+    assert len(worktrees(repo)) == 1
+
+
+BROKEN_FIRST = """
+import pytest
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("this fixture fails on both sides")
+
+@pytest.mark.decode_perf(models="tiny-gpt2", cache="dynamic", stream="baseline", new_tokens=8, stop="none")
+def test_broken(broken):
+    pass
+
+@pytest.mark.decode_perf(models="tiny-gpt2", cache="dynamic", stream={streams}, new_tokens=8, stop="none")
+def test_decode():
+    pass
+"""
+
+
+def test_a_variant_ref_lacks_is_skipped_and_a_failed_setup_keeps_the_sides_in_step(
+    pytester: pytest.Pytester, repo: Path
+) -> None:
+    pytester.makepyfile(test_decode=BROKEN_FIRST.format(streams='("baseline",)'))
+    git(repo, "commit", "-q", "-am", "a broken test first")
+    pytester.makepyfile(test_decode=BROKEN_FIRST.format(streams='("baseline", "pipelined")'))
+    git(repo, "commit", "-q", "-am", "a new stream mode")
+    result = pytester.runpytest_subprocess(*ARGS, "-rs", "--decodeperf-ab")
+    result.assert_outcomes(passed=1, skipped=1, errors=1)
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_decode.py:*: not at REF HEAD~1 (*): nothing to compare with"])
+    result.stdout.fnmatch_lines(["test_decode[[]tiny-gpt2-dynamic-baseline-b1[]]: ms/token * pairs*"])
+    assert "out of step" not in result.stdout.str()
+
+
+def test_a_ref_that_is_not_a_commit_is_one_line(pytester: pytest.Pytester, repo: Path) -> None:
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab=nosuchref")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: pytest-decodeperf: --decodeperf-ab: REF 'nosuchref' is not a commit of * (try a hash, a branch*"]
+    )
+
+
+def test_a_dirty_tree_is_refused_in_one_line(pytester: pytest.Pytester, repo: Path) -> None:
+    commit_slowdown(pytester, repo, 0.001)
+    (repo / "conftest.py").write_text((repo / "conftest.py").read_text() + "\n# edited\n")
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*the checkout has uncommitted changes (conftest.py): commit or stash them first"])
+
+
+def test_outside_a_git_checkout_is_one_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_decode=TEST)
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--decodeperf-ab compares two commits, but * is not inside a git checkout"])
+
+
+def test_a_ref_without_the_test_file_is_one_line_and_leaves_no_worktree(pytester: pytest.Pytester, repo: Path) -> None:
+    pytester.makepyfile(test_new=TEST)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a new test file")
+    result = pytester.runpytest_subprocess(*ARGS, "test_new.py", "--decodeperf-ab")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_new.py does not exist at REF HEAD~1 (*): pick a REF that has the test*"])
+    assert len(worktrees(repo)) == 1
+
+
+def test_a_test_path_taken_for_ref_says_how_to_write_it(pytester: pytest.Pytester, repo: Path) -> None:
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab", "test_decode.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*REF 'test_decode.py' is not a commit of * (it is a path; write --decodeperf-ab=REF*"]
+    )
+
+
+def test_a_branch_defaults_to_its_merge_base_with_main(pytester: pytest.Pytester, repo: Path) -> None:
+    from pytest_decodeperf.ab.checkout import default_ref
+
+    base = git(repo, "rev-parse", "HEAD")
+    git(repo, "checkout", "-q", "-b", "feature")
+    commit_slowdown(pytester, repo, 0.001)
+    commit_slowdown(pytester, repo, 0.002)
+    assert default_ref(repo) == base
+    git(repo, "checkout", "-q", "main")
+    assert default_ref(repo) == "HEAD~1"
