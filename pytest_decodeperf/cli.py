@@ -4,6 +4,9 @@
 ``decodeperf publish``  restore this package's benchmark definitions, then ``asv publish``: the dashboard
 ``decodeperf restore``  only the first half of publish (after an ``asv run`` dropped our definitions)
 ``decodeperf compare``  ``asv compare A B`` on the history, exiting 1 when it shows a worsened benchmark
+``decodeperf history-pull``  clone the results branch into the results directory (empty if none yet)
+``decodeperf history-push``  commit and push this run's results, rebasing onto other machines' pushes
+``decodeperf history-last``  the code commit of the newest results on the branch (what a nightly A/B is against)
 
 ``python -m pytest_decodeperf ...`` is the same command.
 """
@@ -74,7 +77,8 @@ def _restore(config: str) -> tuple[int, object]:
 
 
 def _publish(args: argparse.Namespace, rest: list[str]) -> int:
-    from .history.config import AsvConfig, git
+    from .git import git
+    from .history.config import AsvConfig
 
     code, conf = _restore(args.config)
     if code or args.command == "restore":
@@ -118,6 +122,31 @@ def _compare(args: argparse.Namespace, rest: list[str]) -> int:
     return 1 if worse else 0
 
 
+def _history_sync(args: argparse.Namespace) -> int:
+    from .history import sync
+
+    try:
+        if args.command == "history-pull":
+            text = sync.pull(args.remote, args.branch, Path(args.into))
+        elif args.command == "history-last":
+            last = sync.last_commit(Path(args.results_dir))
+            if last is None:
+                print(
+                    f"decodeperf: no results commit in {args.results_dir} names the code it measured", file=sys.stderr
+                )
+                return 1
+            print(last)
+            return 0
+        else:
+            results = Path(args.results_dir)
+            text = sync.push(results, args.branch, args.message, attempts=args.attempts, commit=args.commit)
+    except DecodePerfError as exc:
+        print(f"decodeperf: {exc}", file=sys.stderr)
+        return 1
+    print(f"decodeperf: {text}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="decodeperf", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True)
@@ -142,6 +171,18 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--config", default="asv.conf.json", help="asv config (default ./asv.conf.json)")
     cmp.add_argument("old", help="the reference commit (hash, branch or tag)")
     cmp.add_argument("new", help="the commit to judge")
+    hpull = sub.add_parser("history-pull", help="clone the results branch into a new or empty directory")
+    hpull.add_argument("--remote", required=True, help="git URL or path of the repository that holds the branch")
+    hpull.add_argument("--branch", default="asv-results")
+    hpull.add_argument("--into", required=True, help="the results directory (asv.conf.json's results_dir)")
+    hpush = sub.add_parser("history-push", help="commit and push new results, rebasing onto others' pushes")
+    hpush.add_argument("--results-dir", required=True, help="a checkout made by history-pull")
+    hpush.add_argument("--branch", default="asv-results")
+    hpush.add_argument("--message", default="decode perf results")
+    hpush.add_argument("--attempts", type=int, default=5)
+    hpush.add_argument("--commit", default=None, help="the code commit these results measured (for history-last)")
+    hlast = sub.add_parser("history-last", help="print the code commit of the newest results on the branch")
+    hlast.add_argument("--results-dir", required=True, help="a checkout of the results branch")
     return top
 
 
@@ -155,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "compare":
         return _compare(args, rest)
+    if args.command in ("history-pull", "history-push", "history-last"):
+        if rest:
+            parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        return _history_sync(args)
     return _publish(args, rest)
 
 

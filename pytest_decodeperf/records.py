@@ -24,6 +24,7 @@ class MachineInfo(TypedDict, total=False):
     gpu_name: str | None
     gpu_driver: str | None
     bandwidth_gb_per_s: float | None  # copy bandwidth measured once per run on the device (engine/roofline.py)
+    canary_ms: float | None  # the drift canary: a fixed matmul loop's median ms (engine/machine.py)
 
 
 class ResultRecord(TypedDict):
@@ -80,3 +81,4 @@ class ResultRecord(TypedDict):
     times_floor: float | None  # ms_per_token / floor_ms_per_step = 1 / bw_fraction: lower is better (asv)
     kv_cache_bytes: int | None  # static cache: the nbytes its tensors hold after the run
     kv_cache_bytes_analytic: int | None  # static cache: what the config says it must allocate
+    canary_ms: float | None  # the run's drift canary (machine speed), set when history is written

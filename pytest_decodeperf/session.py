@@ -44,6 +44,7 @@ class DecodePerfSession:
     messages: list[str] = field(default_factory=list)
     _runner: Runner | None = None
     _device: torch.device | None = None
+    _canary_ms: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -60,14 +61,28 @@ class DecodePerfSession:
             from .engine.runner import Runner
 
             tracer = Tracer(self.settings.nvtx, self.settings.profile_steps, self.device)
-            threads = self.settings.threads or (1 if self.device.type == "cpu" else None)
-            self._runner = Runner(self.device, self.settings.rounds, self.settings.warmup, tracer, threads=threads)
+            self._runner = Runner(self.device, self.settings.rounds, self.settings.warmup, tracer, threads=self.threads)
         return self._runner
+
+    @property
+    def threads(self) -> int | None:
+        """The torch threads measurements pin: the option, else 1 on CPU (steady on a shared machine)."""
+        return self.settings.threads or (1 if self.device.type == "cpu" else None)
+
+    def canary_ms(self) -> float:
+        """The drift canary of this run (timed once, when first asked: at the end, before history)."""
+        if self._canary_ms is None:
+            from .engine.machine import drift_canary_ms
+
+            self._canary_ms = drift_canary_ms(self.device, self.threads)
+        return self._canary_ms
 
     def machine(self) -> MachineInfo:
         from .engine.machine import machine_info
 
-        return machine_info(self.device)
+        bandwidth = self._runner.measured_bandwidth if self._runner is not None else None
+        gb_per_s = bandwidth / 1e9 if bandwidth else None
+        return machine_info(self.device, self.threads, gb_per_s, self._canary_ms)
 
     def header(self) -> str:
         """One line for pytest's header: what every number of this run depends on."""
@@ -132,6 +147,9 @@ class DecodePerfSession:
 
         commit = current_commit(rootdir)
         results_dir = self.asv_results_dir()
+        canary = self.canary_ms()
+        for rec in self.records:
+            rec["canary_ms"] = canary
         ok = True
         if self.settings.compare is not None:
             ref = None if self.settings.compare == "latest" else self.settings.compare
@@ -145,6 +163,8 @@ class DecodePerfSession:
             )
             self.messages.append(render_table(cmp))
             ok = not cmp.failed
+            if cmp.drift is not None:
+                self.messages.append(f"decode perf: no verdict from history: {cmp.drift}")
             if cmp.failed:
                 self.messages.append(
                     f"decode perf: {len(cmp.regressions)} significant regression(s) worse by more than "

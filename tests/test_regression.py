@@ -60,6 +60,36 @@ def test_a_20_percent_slower_commit_is_a_regression(repo: Repo) -> None:
     assert "3 worsened, 0 improved, 0 unchanged, 0 not compared" in table
 
 
+def test_a_regression_on_a_drifted_machine_gives_no_verdict_and_never_fails(repo: Repo) -> None:
+    old = make_record(ms=2.0, seed=1)
+    old["canary_ms"] = 10.0
+    write(repo, 0, [old])
+    now = make_record(ms=2.4, seed=2)
+    now["canary_ms"] = 13.0  # the machine itself ran 30% slower: the 20% cannot be told from it
+    write(repo, 1, [now])
+    cmp = compare(repo, 1, [now])
+    assert cmp.regressions and not cmp.failed
+    assert cmp.drift is not None and "moved x1.30 between the two runs" in cmp.drift
+    assert "10.00 ms -> 13.00 ms" in cmp.drift and "--decodeperf-ab" in cmp.drift
+    table = render_table(cmp)
+    assert "no verdict: the machine's own speed moved x1.30" in table
+    assert (
+        row(cmp, "track_drift_canary").mark == " "
+        and "not gated: the machine's speed" in row(cmp, "track_drift_canary").note
+    )
+
+
+def test_a_regression_on_a_steady_machine_still_fails(repo: Repo) -> None:
+    old = make_record(ms=2.0, seed=1)
+    old["canary_ms"] = 10.0
+    write(repo, 0, [old])
+    now = make_record(ms=2.4, seed=2)
+    now["canary_ms"] = 10.3  # within the 5% gate
+    write(repo, 1, [now])
+    cmp = compare(repo, 1, [now])
+    assert cmp.drift is None and cmp.failed
+
+
 def test_the_same_distribution_again_is_not_flagged(repo: Repo) -> None:
     variants = [("static", 2.0), ("dynamic", 3.0), ("none", 9.0)]
     write(repo, 0, [make_record(cache, ms=ms, seed=10 + i, noise=0.03) for i, (cache, ms) in enumerate(variants)])

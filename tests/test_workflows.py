@@ -106,7 +106,7 @@ def test_nightly_runs_on_a_schedule_and_by_hand_on_a_gpu_runner() -> None:
 
 def test_nightly_pytest_compares_with_asv_history_and_fails_on_a_failed_pipe() -> None:
     nightly = load(NIGHTLY)
-    run = step_running(nightly, "perf", "pytest perf_tests")["run"]
+    run = step_running(nightly, "perf", "--decodeperf-asv --decodeperf-compare")["run"]
     words = shlex.split(run.replace("\\\n", " "), comments=True)
 
     for flag in ("--decodeperf", "--decodeperf-asv", "--decodeperf-compare", "--decodeperf-json", "--decodeperf-plot"):
@@ -125,14 +125,15 @@ def test_nightly_keeps_history_and_dashboard_even_when_pytest_fails() -> None:
     assert nightly["jobs"]["perf"]["permissions"]["contents"] == "write"
 
     publish = step_running(nightly, "perf", "decodeperf publish")
-    push = step_running(nightly, "perf", "git push")
+    push = step_running(nightly, "perf", "decodeperf history-push")
     summary = step_running(nightly, "perf", "GITHUB_STEP_SUMMARY")
     artifact = step_using(nightly, "perf", "actions/upload-artifact")[0]
-    for step in (publish, push, summary, artifact):
+    ab = step_running(nightly, "perf", "--decodeperf-ab=")
+    for step in (publish, push, summary, artifact, ab):
         assert "!cancelled()" in step["if"], f"{step['name']!r} must run after a failed pytest"
     assert ".asv/html" in artifact["with"]["path"]
     order = steps(nightly, "perf")
-    assert order.index(step_running(nightly, "perf", "pytest perf_tests")) < order.index(push)
+    assert order.index(step_running(nightly, "perf", "--decodeperf-asv --decodeperf-compare")) < order.index(push)
 
     (pages,) = step_using(nightly, "perf", "actions/upload-pages-artifact")
     assert pages["with"]["path"] == ".asv/html"
@@ -141,3 +142,23 @@ def test_nightly_keeps_history_and_dashboard_even_when_pytest_fails() -> None:
     assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
     assert deploy["environment"]["name"] == "github-pages"
     assert step_using(nightly, "pages", "actions/deploy-pages")
+
+
+def test_nightly_ab_runs_against_the_previous_nightly_before_the_push_and_its_table_is_summarised() -> None:
+    nightly = load(NIGHTLY)
+    order = steps(nightly, "perf")
+    ab = step_running(nightly, "perf", "--decodeperf-ab=")
+    push = step_running(nightly, "perf", "decodeperf history-push")
+    perf = step_running(nightly, "perf", "--decodeperf-asv --decodeperf-compare")
+    assert order.index(perf) < order.index(ab) < order.index(push)  # the newest results are last night's
+    run = ab["run"]
+    assert 'ref=$(decodeperf history-last --results-dir "$RESULTS_DIR")' in run
+    assert "set -o pipefail" in run and "| tee decodeperf-ab.log" in run
+    words = shlex.split(run.split("python -m pytest", 1)[1].replace("\\\n", " "), comments=True)
+    known = {spec.flag_name for spec in OPTIONS}
+    assert {w.split("=")[0] for w in words if w.startswith("--decodeperf")} <= known
+    assert '--commit "$GITHUB_SHA"' in push["run"]  # so tomorrow's history-last finds tonight's commit
+    summary = step_running(nightly, "perf", "GITHUB_STEP_SUMMARY")["run"]
+    assert "decode perf A\\/B" in summary and "decodeperf-ab.log" in summary
+    artifact = step_using(nightly, "perf", "actions/upload-artifact")[0]
+    assert "decodeperf-ab.log" in artifact["with"]["path"]

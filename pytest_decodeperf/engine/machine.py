@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import statistics
 import subprocess
+import time
 
 import torch
 import transformers
@@ -45,7 +47,43 @@ def _gpu_driver() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def machine_info(device: torch.device | str) -> MachineInfo:
+def drift_canary_ms(device: torch.device | str, threads: int | None = None, repeats: int = 7) -> float:
+    """Median milliseconds of a fixed small matmul loop on ``device``: how fast the machine is right now.
+
+    Two runs compared through history see two machine states; on a shared VM they differ by tens of
+    percent. When this figure moved more than the gate between the two runs, the history comparison
+    says so and gives no verdict (``history/compare.py``).
+    """
+    dev = torch.device(device)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        weight = torch.randn(128, 128, generator=torch.Generator().manual_seed(0)).to(dev) / 16  # [128, 128]
+        times = []
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first round warms up
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                start = time.perf_counter()
+                x = weight
+                for _ in range(200):
+                    x = torch.tanh(x @ weight)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                times.append(1e3 * (time.perf_counter() - start))
+        return float(statistics.median(times[1:]))
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine_info(
+    device: torch.device | str,
+    threads: int | None = None,
+    bandwidth_gb_per_s: float | None = None,
+    canary_ms: float | None = None,
+) -> MachineInfo:
+    """``threads``: the count measurements pin (default: torch's current one)."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     return MachineInfo(
@@ -55,13 +93,15 @@ def machine_info(device: torch.device | str) -> MachineInfo:
         cpu=_cpu_name(),
         num_cpu=os.cpu_count() or 0,
         ram_bytes=_ram_bytes(),
-        threads=torch.get_num_threads(),
+        threads=threads if threads is not None else torch.get_num_threads(),
         torch=torch.__version__,
         transformers=transformers.__version__,
         cuda=torch.version.cuda,
         device=dev.type,
         gpu_name=torch.cuda.get_device_name(dev) if cuda else None,
         gpu_driver=_gpu_driver() if cuda else None,
+        bandwidth_gb_per_s=bandwidth_gb_per_s,
+        canary_ms=canary_ms,
     )
 
 

@@ -134,6 +134,7 @@ class VariantResult:
             times_floor=roof["times_floor"],
             kv_cache_bytes=roof["kv_cache_bytes"],
             kv_cache_bytes_analytic=roof["kv_cache_bytes_analytic"],
+            canary_ms=None,
         )
 
 

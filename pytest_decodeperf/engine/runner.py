@@ -84,6 +84,11 @@ class Runner:
         self._bandwidth: float | None = None
         self._last_slot: CacheSlot | None = None
 
+    @property
+    def measured_bandwidth(self) -> float | None:
+        """The copy bandwidth in bytes/s if this runner measured it already (None: not yet)."""
+        return self._bandwidth
+
     def bandwidth(self) -> float:
         """The device's copy bandwidth in bytes/s, measured once per runner (read + write counted)."""
         if self._bandwidth is None:

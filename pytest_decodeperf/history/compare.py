@@ -21,8 +21,9 @@ from asv.commands.compare import _is_result_better
 from asv_runner.statistics import get_err
 
 from ..errors import DecodePerfError
+from ..git import git
 from ..records import ResultRecord
-from .config import commit_date_ms, git, local_repo, machine_name
+from .config import commit_date_ms, local_repo, machine_name
 from .schema import METRIC_BY_NAME, PREFIX, Point, env_name, plan
 from .storage import known_definitions, load_results
 
@@ -58,6 +59,7 @@ class Comparison:
     rows: list[Row] = field(default_factory=list)
     problem: str | None = None  # why nothing was compared; a report, not a failure
     warnings: list[str] = field(default_factory=list)
+    drift: str | None = None  # the machine's speed moved between the two runs: no verdict (see drift_check)
 
     @property
     def regressions(self) -> list[Row]:
@@ -69,7 +71,8 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        return bool(self.regressions)
+        """A significant regression, on a machine whose speed held between the two runs."""
+        return bool(self.regressions) and self.drift is None
 
 
 def _history(results_dir: Path, machine: str, env: str, warnings: list[str]) -> dict[str, Any]:
@@ -167,7 +170,7 @@ def _row(point: Point, entry: dict[str, Any], ref_res: Any, old: dict[tuple[str,
     ratio = point.value / value if value else (1.0 if point.value == value else math.inf)
     metric = METRIC_BY_NAME.get(point.benchmark.rsplit(".", 1)[-1])
     if metric is not None and not metric.gate:
-        base = replace(base, old=float(value), ratio=ratio, note="not gated: the floor moves with each run's bandwidth")
+        base = replace(base, old=float(value), ratio=ratio, note=f"not gated: {metric.ungated}")
         return base
     if metric is not None and metric.exact:  # a count does not vary: any increase is a regression
         mark = "+" if point.value > value else "-" if point.value < value else " "
@@ -216,7 +219,30 @@ def compare_with_history(
         (_row(p, defs[p.benchmark].entry, ref_res, old[p.benchmark], factor) for p in points),
         key=lambda r: (r.benchmark, r.label),
     )
+    cmp.drift = drift_check(cmp.rows, fail_pct)
     return cmp
+
+
+CANARY = "track_drift_canary"
+
+
+def drift_check(rows: Sequence[Row], fail_pct: float) -> str | None:
+    """Why the two runs cannot be compared (their machines ran at other speeds), or None.
+
+    Every run times the same fixed matmul loop (``engine/machine.py``); when that moved by more than
+    the gate, a difference in the decode metrics may be the machine, not the code.
+    """
+    canary = next((r for r in rows if r.benchmark.endswith(CANARY) and r.old and r.new), None)
+    if canary is None or canary.old is None:
+        return None
+    ratio = canary.new / canary.old
+    if max(ratio, 1 / ratio) - 1 <= fail_pct / 100:
+        return None
+    return (
+        f"the machine's own speed moved x{ratio:.2f} between the two runs (drift canary, a fixed matmul loop: "
+        f"{canary.old * 1e3:.2f} ms -> {canary.new * 1e3:.2f} ms), more than the {fail_pct:g}% gate; "
+        "a same-session comparison (--decodeperf-ab) can judge it"
+    )
 
 
 def _value(value: float | None, unit: str, err: float | None) -> str:
@@ -233,6 +259,7 @@ def render_table(cmp: Comparison) -> str:
         f"{head} ({cmp.env}): {now} against {cmp.ref[:8]}; a regression is worse by more than "
         f"{cmp.fail_pct:g}% and significant (asv compare's statistics); '~': not significant",
         *cmp.warnings,
+        *([f"no verdict: {cmp.drift}"] if cmp.drift else []),
     ]
     sections = (
         ("Worsened:", [r for r in cmp.rows if r.mark == "+"]),

@@ -7,7 +7,6 @@ this module only turns their failures into one-line errors.
 from __future__ import annotations
 
 import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from asv.machine import MachineCollection
 from asv.plugins.git import Git
 
 from ..errors import DecodePerfError
+from ..git import git
 
 # What asv raises on a file it cannot use.
 BROKEN = (asv_util.UserError, ValueError, TypeError, KeyError, AttributeError, IndexError, UnicodeDecodeError)
@@ -45,15 +45,6 @@ def read_asv_conf(path: str | Path = "asv.conf.json") -> AsvConfig:
     root = conf_path.parent
     local = (root / repo).resolve()
     return AsvConfig(conf_path, root / results_dir, root / html_dir, str(local) if local.exists() else repo, branches)
-
-
-def git(repo_dir: str | Path, *args: str) -> str | None:
-    """``git ARGS`` in ``repo_dir``: its output, or None when git fails (not a checkout, no such commit)."""
-    try:
-        out = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 def local_repo(repo_dir: str | Path | None) -> Git | None:

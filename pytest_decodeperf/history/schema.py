@@ -42,6 +42,7 @@ class Metric:
     doc: str
     exact: bool = False  # deterministic: any increase is a regression, no statistics
     gate: bool = True  # False: recorded for the dashboard, never a regression (see compare.py)
+    ungated: str = ""  # why it is not gated, shown beside it in a comparison
 
     def samples(self, rec: ResultRecord) -> list[float] | None:
         raw: Any = rec.get(self.field)
@@ -76,6 +77,27 @@ METRICS = (
         1.0,
         "decode ms per step over its memory-bandwidth floor (bytes per step / measured bandwidth)",
         gate=False,  # the floor moves with each run's bandwidth measurement: shown, never judged
+        ungated="the floor moves with each run's bandwidth",
+    ),
+    Metric(
+        "track_decode_floor_per_token",
+        "track",
+        "seconds",
+        "floor_ms_per_step",
+        1e-3,
+        "the decode step's memory-bandwidth floor: bytes a step must move / the run's measured copy bandwidth",
+        gate=False,
+        ungated="the floor moves with each run's bandwidth",
+    ),
+    Metric(
+        "track_drift_canary",
+        "track",
+        "seconds",
+        "canary_ms",
+        1e-3,
+        "a fixed matmul loop on this machine, timed once per run: the machine's own speed (drift canary)",
+        gate=False,  # not a property of the code: compare.py refuses a verdict when it moved
+        ungated="the machine's speed, not the code's: when it moved past the gate there is no verdict",
     ),
 )
 METRIC_BY_NAME = {m.name: m for m in METRICS}
