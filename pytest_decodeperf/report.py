@@ -29,6 +29,7 @@ COLUMNS = (
     "ms/token",
     "floor ms",
     "% bw",
+    "GB/s",
     "prefill ms",
     "steps",
     "syncs/step",
@@ -133,6 +134,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 _fmt(rec["ms_per_token"], ".3f"),
                 _fmt(rec.get("floor_ms_per_step"), ".3f"),
                 _fmt(100 * f if (f := rec.get("bw_fraction")) is not None else None, ".1f"),
+                _fmt(rec.get("achieved_gb_per_s"), ".2f"),
                 _fmt(rec["prefill_ms"], ".2f"),
                 steps,
                 _syncs(rec),
@@ -141,7 +143,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             ]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    numeric = {3, 4, 5, 6, 7, 8, 9, 10, 12, 13}
+    numeric = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -152,7 +154,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     out = [
         f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
         "new = max new tokens; floor ms = bytes a decode step must move / measured copy bandwidth, "
-        "% bw = those bytes per measured ms/token over that bandwidth; "
+        "% bw = those bytes per measured ms/token over that bandwidth, GB/s = what that achieves; "
         "steps = forward passes (+ run past the last kept); syncs/step = hidden + stop-flag blocking device reads "
         "per decode step (! over budget)",
         rule,

@@ -149,10 +149,10 @@ def test_with_the_flag_marked_tests_run_pass_and_print_the_summary_table(
             "model *cache *stream *batch *new *tok/s *spread *ms/token *prefill ms *steps *vs baseline *parity",
             "test_on_off.py::test_empty_body  (stop=eos)",
             "tiny-gpt2 *dynamic *baseline *1 *8 *1.000x* *pass*",
-            "tiny-gpt2 *dynamic *pipelined *1 *8 *x *pass*",
+            "tiny-gpt2 *dynamic *pipelined *1 *8 *x* *pass*",
             "test_on_off.py::test_asserts_on_the_result  (stop=eos)",
             "tiny-gpt2 *static *baseline *1 *8 *1.000x* *pass*",
-            "tiny-gpt2 *static *pipelined *1 *8 *x *pass*",
+            "tiny-gpt2 *static *pipelined *1 *8 *x* *pass*",
         ]
     )
 
