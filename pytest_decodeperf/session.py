@@ -163,8 +163,6 @@ class DecodePerfSession:
             )
             self.messages.append(render_table(cmp))
             ok = not cmp.failed
-            if cmp.drift is not None:
-                self.messages.append(f"decode perf: no verdict from history: {cmp.drift}")
             if cmp.failed:
                 self.messages.append(
                     f"decode perf: {len(cmp.regressions)} significant regression(s) worse by more than "

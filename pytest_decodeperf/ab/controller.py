@@ -25,18 +25,29 @@ from .checkout import Sides
 from .decision import Decision, SequentialAB, Verdict
 
 BLOCK = 10  # pairs between two looks of the gate
+BORROWED = "it imported the checkout's code"  # worker.py's words for side A importing B's code
 REPLY_TIMEOUT_S = 1800.0  # a warmup with torch.compile on a big model can take minutes
 METRIC_NAMES = {"ms_per_token": "ms/token", "prefill_ms": "prefill"}
 
 
 class WorkerGone(DecodePerfError):
-    pass
+    """A worker died or fell out of step: the rest of the run cannot be judged."""
+
+
+class RoundError(DecodePerfError):
+    """One side failed this item (an out-of-memory, say); the worker is still there for the next one."""
+
+    def __init__(self, side: str, message: str):
+        super().__init__(f"side {side}: {message}")
+        self.side = side
 
 
 class Worker:
     """One side: its process, its two pipes, its log file."""
 
-    def __init__(self, side: str, tree: Path, rootdir: Path, pytest_args: list[str], log_dir: Path):
+    def __init__(
+        self, side: str, tree: Path, rootdir: Path, pytest_args: list[str], log_dir: Path, foreign: Path | None = None
+    ):
         self.side = side
         self.log_path = log_dir / f"worker-{side}.log"
         to_worker_r, to_worker_w = os.pipe()
@@ -52,7 +63,7 @@ class Worker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 pass_fds=(to_worker_r, from_worker_w),
-                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                env=_worker_env(foreign),
             )
         os.close(to_worker_r)
         os.close(from_worker_w)  # the worker's end: reading sees EOF once it exits
@@ -68,12 +79,16 @@ class Worker:
     def recv(self) -> tuple[Any, ...]:
         deadline = time.monotonic() + REPLY_TIMEOUT_S
         while not self._in.poll(1.0):
+            if self.proc.poll() is not None and not self._in.poll(0.1):
+                raise WorkerGone(self.gone())
             if time.monotonic() > deadline:
                 raise WorkerGone(f"side {self.side} gave no answer in {REPLY_TIMEOUT_S:.0f} s ({self.log_path})")
         try:
             message: tuple[Any, ...] = self._in.recv()
         except (EOFError, OSError):
             raise WorkerGone(self.gone()) from None
+        if message[0] == "exit":  # its pytest session ended before the controller was done with it
+            raise WorkerGone(self.gone())
         return message
 
     def gone(self) -> str:
@@ -82,14 +97,30 @@ class Worker:
         last = f": {tail[0].strip()}" if tail else ""
         return f"side {self.side}'s worker exited ({code}){last} (whole log: {self.log_path})"
 
-    def close(self) -> None:
+    def close_pipes(self) -> None:
         for conn in (self._out, self._in):
             conn.close()
+
+    def reap(self) -> None:
+        """Wait a little for the worker to see EOF and finish, then end it."""
         try:
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _worker_env(foreign: Path | None) -> dict[str, str]:
+    """The environment of a worker: no A/B options of its own (it would start workers in turn)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DECODEPERF_AB")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if foreign is not None:
+        env["DECODEPERF_AB_FOREIGN"] = str(foreign)
+    return env
 
 
 @dataclass
@@ -129,26 +160,40 @@ class ABRun:
         self.log_dir = Path(tempfile.mkdtemp(prefix="decodeperf-ab-logs-"))
         rel = sides.rootdir.relative_to(sides.top)
         self.workers = {
-            "A": Worker("A", tree_a / rel, tree_a / rel, pytest_args, self.log_dir),
+            "A": Worker("A", tree_a / rel, tree_a / rel, pytest_args, self.log_dir, foreign=sides.top),
             "B": Worker("B", sides.rootdir, sides.rootdir, pytest_args, self.log_dir),
         }
         self.results: list[ItemVerdict] = []
         self.broken: str | None = None
 
-    def start(self, nodeids: list[str]) -> set[str]:
-        """Hand both sides the controller's order; the nodeids REF lacks are returned (not judged)."""
-        collected = {}
+    def start(self, nodeids: list[str]) -> tuple[set[str], str | None]:
+        """Hand both sides the controller's order: (the nodeids not judged, why none at all, if so)."""
+        collected: dict[str, set[str]] = {}
+        problems: dict[str, list[str]] = {}
         for side, worker in self.workers.items():
             message = worker.recv()
             if message[0] != "collected":
-                raise WorkerGone(worker.gone())  # it stopped before collecting (a usage error in its tree)
+                raise WorkerGone(f"side {side} sent {message[0]!r} before its collection: out of step")
             if message[1] != 1:
                 raise DecodePerfError(f"side {side}'s worker speaks A/B protocol {message[1]!r}, this one 1")
-            collected[side] = set(message[2])
-        both = [n for n in nodeids if n in collected["A"] and n in collected["B"]]
+            collected[side], problems[side] = set(message[2]), list(message[3])
+        if problems["B"]:
+            raise DecodePerfError(f"side B (the checkout): {problems['B'][0]}")
+        borrowed = [p for p in problems["A"] if p.startswith(BORROWED)]
+        if borrowed:  # a misconfiguration, not an old REF: refuse rather than pass having judged nothing
+            raise DecodePerfError(f"side A (REF {self.sides.ref}): {borrowed[0]}")
+        lost = [n for n in nodeids if n not in collected["B"]]
+        if lost and not problems["A"]:
+            raise DecodePerfError(
+                f"side B's worker did not collect {lost[0]}"
+                + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
+                + ": it gets only the decodeperf options, -p, -o and --import-mode of this command line"
+            )
+        both = [] if problems["A"] else [n for n in nodeids if n in collected["A"]]
         for worker in self.workers.values():
             worker.send("order", both)
-        return set(nodeids) - set(both)
+        why = f"side A (REF {self.sides.ref}): {problems['A'][0]}" if problems["A"] else None
+        return set(nodeids) - set(both), why
 
     def judge(self, nodeid: str, label: str) -> ItemVerdict:
         result = ItemVerdict(nodeid, label)
@@ -177,6 +222,7 @@ class ABRun:
             return
         result.syncs = (ready["A"][2]["syncs_per_step"], ready["B"][2]["syncs_per_step"])
         gates: dict[str, SequentialAB] = {}
+        serving = set(self.workers)
         pairs = 0
         try:
             while pairs < self.max_pairs:
@@ -188,18 +234,22 @@ class ABRun:
                 pairs += len(block["A"])
                 if self._look(gates, block):
                     break
+        except RoundError as exc:
+            serving.discard(exc.side)  # that side left this item; the other still waits for "done"
+            result.error = str(exc)
         finally:
-            for worker in self.workers.values():
-                worker.send("done")
+            for side in serving:
+                self.workers[side].send("done")
         result.verdicts = {name: gate.verdict() for name, gate in gates.items()}
 
     def _round(self, side: str, nodeid: str) -> dict[str, float]:
         worker = self.workers[side]
         worker.send("round")
         reply = worker.recv()
+        if reply[0] == "error" and reply[1] == nodeid:
+            raise RoundError(side, f"a round failed: {reply[2]}")
         if reply[0] != "round" or reply[1] != nodeid:
-            detail = reply[2] if reply[0] == "error" else repr(reply[:2])
-            raise WorkerGone(f"side {side} failed a round: {detail}")
+            raise WorkerGone(f"side {side} answered {reply[:2]!r} to a round of {nodeid}: out of step")
         metrics: dict[str, float] = reply[2]
         return metrics
 
@@ -244,6 +294,8 @@ class ABRun:
             self.broken = str(exc)
 
     def close(self) -> None:
-        """Close the pipes (a worker still waiting reads EOF and exits) and reap both processes."""
+        """Close every pipe first (a worker still waiting reads EOF and exits), then reap both processes."""
         for worker in self.workers.values():
-            worker.close()
+            worker.close_pipes()
+        for worker in self.workers.values():
+            worker.reap()

@@ -125,7 +125,8 @@ def _too_few(
 
 
 def _check_rule(threshold: float, magnitude: float, min_pairs: int) -> None:
-    _check_unit(threshold, "threshold")
+    if not (math.isfinite(threshold) and threshold > 0.0):  # 1.0 is a 100% gate: B twice as slow
+        raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
     if not 0.0 < magnitude <= 1.0:
         raise ValueError(f"magnitude must be in (0, 1], got {magnitude!r}")
     if min_pairs < 3:

@@ -23,9 +23,9 @@ class ABSession:
         self.device = device
         self.sides: Sides = resolve_sides(rootdir, settings.ab or "")  # raises DecodePerfError: one line
         self.threshold = settings.fail_on_regression / 100.0
-        if not 0.0 < self.threshold < 1.0:
+        if not self.threshold > 0.0:
             raise DecodePerfError(
-                f"--decodeperf-ab needs a gate between 0 and 100%, got --decodeperf-fail-on-regression "
+                f"--decodeperf-ab needs a gate above 0%, got --decodeperf-fail-on-regression "
                 f"{settings.fail_on_regression:g}"
             )
         self._stack = contextlib.ExitStack()
@@ -35,7 +35,9 @@ class ABSession:
     def _worker_args(self, config: pytest.Config, files: list[str]) -> list[str]:
         """Both sides collect the same files (not node ids: one REF lacks would stop pytest there)."""
         s = self.settings
-        args = ["-p", "no:cacheprovider", "-q", "--decodeperf"]
+        args = ["-p", "no:cacheprovider", "-q", "--continue-on-collection-errors", "--decodeperf"]
+        args += ["-o", "decodeperf_ab="]  # a worker never starts an A/B of its own (the ini may ask for one)
+        args += _forwarded(config.invocation_params.args)
         args += [f"--decodeperf-device={self.device}", f"--decodeperf-warmup={s.warmup}"]
         if s.threads is not None:
             args.append(f"--decodeperf-threads={s.threads}")
@@ -49,7 +51,7 @@ class ABSession:
 
     def start(self, config: pytest.Config, items: list[pytest.Item], marked: list[str]) -> None:
         """Worktree of REF, both workers, the shared order; items REF lacks are skipped with a reason."""
-        if not marked:
+        if not marked or config.option.collectonly:
             return
         files = [Path(str(item.path)) for item in items if item.nodeid in marked]
         try:
@@ -59,11 +61,11 @@ class ABSession:
             args = self._worker_args(config, rel_files)
             self.run = ABRun(self.sides, tree, self.threshold, self.settings.ab_max_pairs, args)
             self._stack.callback(self.run.close)
-            self.not_at_ref = self.run.start(marked)
+            self.not_at_ref, why = self.run.start(marked)
         except BaseException:
             self.close()
             raise
-        reason = f"not at REF {self.sides.ref} ({self.sides.a_commit[:8]}): nothing to compare with"
+        reason = f"{why or f'not at REF {self.sides.ref} ({self.sides.a_commit[:8]})'}: nothing to compare with"
         for item in items:
             if item.nodeid in self.not_at_ref:
                 item.add_marker(pytest.mark.skip(reason=reason))
@@ -82,3 +84,25 @@ class ABSession:
 
     def close(self) -> None:
         self._stack.close()
+
+
+FORWARDED = ("-p", "-o", "--override-ini", "--import-mode")
+
+
+def _forwarded(args: tuple[str, ...] | list[str]) -> list[str]:
+    """The options of the controller's command line that change how a tree is collected and imported."""
+    out: list[str] = []
+    it = iter(args)
+    for arg in it:
+        name, eq, _ = arg.partition("=")
+        if name in FORWARDED and eq:
+            option = [arg]
+        elif arg in FORWARDED:
+            option = [arg, next(it, "")]
+        elif arg.startswith("-p") and len(arg) > 2:
+            option = [arg]
+        else:
+            continue
+        if not option[-1].removeprefix("-o").lstrip("=").startswith("decodeperf_ab"):
+            out += option
+    return out

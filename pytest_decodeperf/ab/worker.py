@@ -13,6 +13,7 @@ Messages are pickled tuples on two pipes the controller opened (``multiprocessin
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import traceback
@@ -26,22 +27,48 @@ PROTOCOL = 1
 
 
 class WorkerPlugin:
-    def __init__(self, inbox: Connection, outbox: Connection):
+    def __init__(self, inbox: Connection, outbox: Connection, foreign: str | None = None):
         self.inbox = inbox
         self.outbox = outbox
+        self.foreign = foreign  # side A: the checkout, whose code this side must not import
         self.order: list[str] = []
 
     def _plugin(self, config: pytest.Config) -> Any:
         plugin = config.pluginmanager.get_plugin("decodeperf") or sys.modules.get("pytest_decodeperf.plugin")
         if plugin is None or not hasattr(plugin, "MODEL_KEY") or not hasattr(plugin, "_item_param"):
-            raise RuntimeError("this tree's pytest-decodeperf plugin is not loaded or predates the A/B protocol")
+            return None
         return plugin
+
+    def _problems(self, plugin: Any) -> list[str]:
+        """Why this side cannot be timed as its own tree (empty: it can)."""
+        if plugin is None or importlib.util.find_spec("pytest_decodeperf.engine.paired") is None:
+            where = getattr(sys.modules.get("pytest_decodeperf"), "__file__", None) or "not loaded"
+            return [f"its pytest-decodeperf ({where}) predates --decodeperf-ab (no engine/paired.py)"]
+        if self.foreign is None:
+            return []
+        top = os.path.abspath(self.foreign) + os.sep
+        borrowed = sorted(
+            f"{name} ({path})"
+            for name, module in list(sys.modules.items())
+            if name != "__main__"
+            and (path := getattr(module, "__file__", None))
+            and os.path.abspath(path).startswith(top)
+            and not os.path.abspath(path).startswith(sys.prefix + os.sep)  # a venv inside the checkout
+        )
+        if borrowed:
+            return [
+                f"it imported the checkout's code, not REF's: {', '.join(borrowed[:3])}"
+                + (f" and {len(borrowed) - 3} more" if len(borrowed) > 3 else "")
+                + " (a src layout or PYTHONPATH: A would time B's code)"
+            ]
+        return []
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         plugin = self._plugin(config)
-        marked = {item.nodeid: item for item in items if plugin._item_param(item) is not None}
-        self.outbox.send(("collected", PROTOCOL, sorted(marked)))
+        problems = self._problems(plugin)
+        marked = {} if problems else {item.nodeid: item for item in items if plugin._item_param(item) is not None}
+        self.outbox.send(("collected", PROTOCOL, sorted(marked), problems))
         kind, order = self.inbox.recv()
         assert kind == "order"
         self.order = [nodeid for nodeid in order if nodeid in marked]
@@ -60,11 +87,16 @@ class WorkerPlugin:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         plugin = self._plugin(item.config)
-        if item.nodeid in self.order:
+        if plugin is not None and item.nodeid in self.order:
             self._serve(item, plugin)
             if plugin.MODEL_KEY in item.stash:
                 del item.stash[plugin.MODEL_KEY]  # the controller judges: the item does not measure itself
         return (yield)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        """The body is not run here either: it would see no measured result."""
+        return True if pyfuncitem.nodeid in self.order else None
 
     def _serve(self, item: pytest.Item, plugin: Any) -> None:
         try:
@@ -100,8 +132,11 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, tree)
     os.chdir(tree)
     read_fd, write_fd = (int(fd) for fd in fds.split(","))
+    for fd in (read_fd, write_fd):
+        os.set_inheritable(fd, False)  # a child process of a test must not hold the pipes open
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    code = int(pytest.main(pytest_args, plugins=[WorkerPlugin(inbox, outbox)]))
+    plugin = WorkerPlugin(inbox, outbox, os.environ.pop("DECODEPERF_AB_FOREIGN", None))
+    code = int(pytest.main(pytest_args, plugins=[plugin]))
     try:
         outbox.send(("exit", code))
     except OSError:

@@ -71,8 +71,10 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        """A significant regression, on a machine whose speed held between the two runs."""
-        return bool(self.regressions) and self.drift is None
+        """A significant regression on a machine whose speed held, or any rise of an exact count (drift or not)."""
+        if self.drift is None:
+            return bool(self.regressions)
+        return any(_is_exact(r.benchmark) for r in self.regressions)
 
 
 def _history(results_dir: Path, machine: str, env: str, warnings: list[str]) -> dict[str, Any]:
@@ -224,6 +226,11 @@ def compare_with_history(
 
 
 CANARY = "track_drift_canary"
+
+
+def _is_exact(benchmark: str) -> bool:
+    metric = METRIC_BY_NAME.get(benchmark.rsplit(".", 1)[-1])
+    return metric is not None and metric.exact
 
 
 def drift_check(rows: Sequence[Row], fail_pct: float) -> str | None:

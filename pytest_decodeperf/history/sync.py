@@ -39,6 +39,8 @@ def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 def pull(remote: str, branch: str, into: Path) -> str:
     """Clone ``branch`` of ``remote`` into ``into`` (new or empty); an absent branch starts an empty history."""
+    if Path(remote).exists():  # a local path: relative to the caller, not to ``into``
+        remote = str(Path(remote).resolve())
     if into.exists() and any(into.iterdir()):
         raise DecodePerfError(f"{into} is not empty: history-pull clones into a new or empty directory")
     into.mkdir(parents=True, exist_ok=True)
@@ -47,7 +49,8 @@ def pull(remote: str, branch: str, into: Path) -> str:
         _git(into, "clone", "-q", "--branch", branch, "--single-branch", remote, ".")
         return f"history of {branch} restored into {into}"
     if has_branch.returncode != 2:  # 2: reachable, no such branch
-        raise DecodePerfError(f"cannot read {remote}: {has_branch.stderr.strip().splitlines()[-1:]}")
+        reason = (has_branch.stderr.strip().splitlines() or ["git ls-remote failed"])[-1]
+        raise DecodePerfError(f"cannot read {remote}: {reason}")
     _git(into, "init", "-q")
     _git(into, "checkout", "-q", "-b", branch)
     _git(into, "remote", "add", "origin", remote)
@@ -69,16 +72,22 @@ def _resolve_rebase(repo: Path) -> None:
             raise DecodePerfError(
                 f"conflicts outside {SHARED} ({', '.join(others)}): do two runners share a machine name?"
             )
-        if SHARED in conflicted:
-            theirs = json.loads(_git(repo, "show", f"HEAD:{SHARED}").stdout)
-            ours = json.loads(_git(repo, "show", f"REBASE_HEAD:{SHARED}").stdout)
-            write_json_atomic(repo / SHARED, merge_definitions(theirs, ours))
-            _git(repo, "add", SHARED)
+        try:
+            if SHARED in conflicted:
+                theirs = json.loads(_git(repo, "show", f"HEAD:{SHARED}").stdout)
+                ours = json.loads(_git(repo, "show", f"REBASE_HEAD:{SHARED}").stdout)
+                write_json_atomic(repo / SHARED, merge_definitions(theirs, ours))
+                _git(repo, "add", SHARED)
+        except (DecodePerfError, ValueError) as exc:
+            _git(repo, "rebase", "--abort", check=False)
+            raise DecodePerfError(f"could not merge {SHARED} of both sides: {exc}") from None
         step = _git(repo, "-c", "core.editor=true", "rebase", "--continue", check=False)
         if step.returncode == 0:
             return
         if not _git(repo, "diff", "--name-only", "--diff-filter=U").stdout.split():
-            raise DecodePerfError(f"rebase stopped in {repo}: {step.stderr.strip().splitlines()[-1:]}")
+            _git(repo, "rebase", "--abort", check=False)
+            reason = (step.stderr.strip().splitlines() or ["git rebase --continue failed"])[-1]
+            raise DecodePerfError(f"rebase stopped in {repo}: {reason}")
 
 
 def last_commit(repo: Path) -> str | None:
