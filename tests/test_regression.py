@@ -79,6 +79,18 @@ def test_a_regression_on_a_drifted_machine_gives_no_verdict_and_never_fails(repo
     )
 
 
+def test_a_rise_in_an_exact_count_fails_even_on_a_drifted_machine(repo: Repo) -> None:
+    old = make_record(ms=2.0, seed=1)
+    old["canary_ms"], old["syncs_per_step"] = 10.0, 0.0
+    write(repo, 0, [old])
+    now = make_record(ms=2.0, seed=2)
+    now["canary_ms"], now["syncs_per_step"] = 13.0, 1.0  # a new host read per step: not the machine's doing
+    write(repo, 1, [now])
+    cmp = compare(repo, 1, [now])
+    assert cmp.drift is not None and cmp.failed
+    assert [r.benchmark.rsplit(".", 1)[1] for r in cmp.regressions] == ["track_syncs_per_step"]
+
+
 def test_a_regression_on_a_steady_machine_still_fails(repo: Repo) -> None:
     old = make_record(ms=2.0, seed=1)
     old["canary_ms"] = 10.0
