@@ -11,10 +11,10 @@ come from ``scripts/ab_validity.py`` and stand in the README.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
+from git_helpers import git
 
 CONFTEST = """
 import time
@@ -42,16 +42,6 @@ def test_decode():
     assert False, "under --decodeperf-ab the body runs in neither the controller nor the workers"
 """
 ARGS = ["--decodeperf", "--decodeperf-ab-max-pairs=40", "--decodeperf-warmup=1", "-p", "no:cacheprovider"]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 @pytest.fixture

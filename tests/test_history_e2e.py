@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from git_helpers import git
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFTEST = """
@@ -57,16 +58,6 @@ ARGS = [
     "-p",
     "no:cacheprovider",
 ]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 @pytest.fixture

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from git_helpers import git
 
 from pytest_decodeperf.cli import main
 from pytest_decodeperf.errors import DecodePerfError
 from pytest_decodeperf.history import sync
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 @pytest.fixture

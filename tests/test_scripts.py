@@ -57,3 +57,13 @@ def test_the_harness_overhead_script_reports_a_ratio() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "plugin/bare ratio median" in proc.stdout
+
+
+def test_the_ab_validity_script_prints_its_table_row_by_row() -> None:
+    cmd = [sys.executable, str(ROOT / "scripts/ab_validity.py"), "--models", "tiny-gpt2", "--aa-decisions", "1"]
+    cmd += ["--decisions", "1", "--slowdowns", "0.5", "--max-pairs", "10", "--new-tokens", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| tiny-gpt2 |")]
+    assert [row.split(" | ")[1] for row in rows[-2:]] == ["A/A", "+50% per forward"]
+    assert "| model | B | decisions | ms/token WORSE |" in proc.stdout
