@@ -39,4 +39,21 @@ def test_compiled_static_cache(decode_result: VariantResult) -> None:
     cache=("dynamic", "static"), stream=("baseline", "hf-generate"), batch_size=(1, 8), new_tokens=64
 )
 def test_transformers_generate_against_the_engine(decode_result: VariantResult) -> None:
-    """transformers' generate() measured the same way, and held to the engine baseline's tokens."""
+    """transformers' generate() measured the same way; every variant is held to generate()'s tokens."""
+
+
+@pytest.mark.decode_perf(
+    cache=("dynamic", "static"),
+    stream=("baseline", "pipelined", "hf-generate"),
+    batch_size=8,
+    new_tokens=64,
+    prompt_lens=(16, "mixed"),
+)
+def test_left_padded_batches_of_mixed_prompt_lengths(decode_result: VariantResult) -> None:
+    """Serving's shape: rows of 16 down to 4 prompt tokens, left padded, with the mask generate() gets;
+    beside full rows of 16, so the table's prefill note shows what padding costs."""
+    lengths, longest = decode_result.workload.prompt_lengths, decode_result.variant.prompt_len
+    if decode_result.variant.prompts == "mixed":
+        assert max(lengths) == longest and len(set(lengths)) > 1
+    else:
+        assert set(lengths) == {longest}

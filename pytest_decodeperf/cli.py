@@ -33,15 +33,20 @@ def _run(args: argparse.Namespace) -> int:
     from .engine.models import default_model_name
     from .engine.runner import Runner
     from .engine.variants import Variant
+    from .engine.workload import PROMPTS, default_prompt_lens
+    from .errors import check_choice
+    from .marker import check_prompt_len, prompt_axis
     from .report import render_table
 
     try:
         device = resolve_device(args.device)
         models = _csv(args.models) or [default_model_name(device)]
         batches = [int(b) for b in _csv(args.batch_sizes)]
+        lens = tuple(check_prompt_len(n) for n in _csv(args.prompt_lens)) or default_prompt_lens(device)
+        points = prompt_axis(lens, check_choice("prompts", args.prompts, PROMPTS), default_prompt_lens(device))
         variants = [
-            Variant(m, c, s, b, args.new_tokens, args.stop).validate(device)
-            for m, c, b, s in itertools.product(models, _csv(args.caches), batches, _csv(args.streams))
+            Variant(m, c, s, b, args.new_tokens, args.stop, dtype=args.dtype, prompt_len=p, prompts=k).validate(device)
+            for m, c, b, (p, k), s in itertools.product(models, _csv(args.caches), batches, points, _csv(args.streams))
         ]
         runner = Runner(device, rounds=args.rounds, warmup=args.warmup)
         records = []
@@ -158,6 +163,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-sizes", default="1,8")
     run.add_argument("--new-tokens", type=int, default=64)
     run.add_argument("--stop", default="eos", help="eos (rows stop at known steps) or none")
+    run.add_argument(
+        "--prompt-lens",
+        default="",
+        help="comma list of prompt lengths, 'mixed' for left-padded rows (default: the device's)",
+    )
+    run.add_argument(
+        "--prompts", default="random", help="random, mixed or text (the corpus, through a checkpoint's tokenizer)"
+    )
+    run.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     run.add_argument("--rounds", type=int, default=5)
     run.add_argument("--warmup", type=int, default=1)
     run.add_argument("--json", default=None, help="also write the records to this file")

@@ -23,6 +23,9 @@ def decode_perf(
     parity: bool = True,
     compile: bool | str | Sequence[bool | str] = False,
     max_syncs_per_step: int | None = None,
+    prompt_lens: int | str | Sequence[int | str] | None = None,
+    prompts: str = "random",
+    dtype: str | Sequence[str] = "float32",
 ) -> None:
     """Signature of the marker (never called): each keyword takes one value or a sequence."""
 
@@ -30,10 +33,15 @@ def decode_perf(
 SIGNATURE = inspect.signature(decode_perf)
 MARKER_DOC = (
     "decode_perf(models=None, cache=('dynamic',), stream=('baseline', 'pipelined'), batch_size=(1,), "
-    "new_tokens=64, stop='eos', parity=True, compile=False, max_syncs_per_step=None): measure token "
+    "new_tokens=64, stop='eos', parity=True, compile=False, max_syncs_per_step=None, prompt_lens=None, "
+    "prompts='random', dtype='float32'): measure token "
     "generation for each combination of the given values (models=None: the device's default model) and "
-    "check that every stream mode returns exactly the baseline's tokens; max_syncs_per_step: hidden "
+    "check every variant's tokens against transformers' generate() (stream modes of one cache: bit for bit); "
+    "max_syncs_per_step: hidden "
     "blocking device reads allowed per decode step (None: 0 for the decode loop's modes). "
+    "prompt_lens=None: prompt lengths (None: the device's default, 4 on CPU, 128 and 512 on CUDA; 'mixed': rows of "
+    "different lengths up to the largest, left padded with an attention mask); prompts='random', 'mixed' or "
+    "'text' (the shipped corpus through the tokenizer beside a checkpoint); dtype: float32, float16 or bfloat16. "
     "Runs only with --decodeperf."
 )
 
@@ -46,19 +54,57 @@ def _seq(value: Any) -> tuple[Any, ...]:
     return (value,)
 
 
+PromptLen = int | str  # a length, or "mixed"
+
+
+def check_prompt_len(value: object) -> PromptLen:
+    """A prompt length (an integer >= 1) or 'mixed'."""
+    if value == "mixed":
+        return "mixed"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DecodePerfError(f"prompt length must be an integer >= 1 or 'mixed', got {value!r}")
+    return value
+
+
+def prompt_axis(lens: Sequence[PromptLen], prompts: str, default: Sequence[int]) -> list[tuple[int, str]]:
+    """(prompt_len, prompts kind) per entry: 'mixed' stands for the longest length given (else the
+    default's), left padded; with prompts='text' every length is text, naturally of mixed lengths."""
+    ints = [n for n in lens if isinstance(n, int)]
+    longest = max(ints) if ints else max(default)
+    out: list[tuple[int, str]] = []
+    for n in lens:
+        if prompts == "text":
+            out.append((longest if n == "mixed" else int(n), "text"))
+        elif n == "mixed" or prompts == "mixed":
+            out.append((longest if n == "mixed" else int(n), "mixed"))
+        else:
+            out.append((int(n), "random"))
+    return list(dict.fromkeys(out))
+
+
 def parse_marker(
-    args: tuple[Any, ...], kwargs: dict[str, Any], default_model: str, custom_model: bool
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    default_model: str,
+    custom_model: bool,
+    default_prompt_lens: Sequence[int] = (4,),
+    prompt_lens: Sequence[PromptLen] | None = None,
+    dtype: str | None = None,
 ) -> tuple[list[Variant], bool]:
     """Validate the marker's arguments; return its variants and whether parity is checked.
 
     ``custom_model``: the ``decode_model`` fixture is overridden, so model names are the user's labels.
+    ``default_prompt_lens``: the device's, for a marker without ``prompt_lens``; ``prompt_lens``: the
+    ``--decodeperf-prompt-lens`` option, which overrides the marker's; ``dtype``: ``--decodeperf-dtype``, likewise.
     """
     # The engine's registries say which names are valid: imported only for a marked test.
     from .engine.caches import CACHES
-    from .engine.models import MODELS
+    from .engine.models import DTYPES, check_model_name
     from .engine.stream_modes import stream_mode_names
     from .engine.variants import Variant, check_compile
-    from .engine.workload import STOPS
+    from .engine.workload import PROMPTS, STOPS
 
     if args:
         raise DecodePerfError(f"decode_perf takes keyword arguments only, got positional {args!r}")
@@ -76,7 +122,7 @@ def parse_marker(
         if not isinstance(model, str) or not model:
             raise DecodePerfError(f"decode_perf models must be names, got {model!r}")
         if not custom_model:
-            check_choice("model", model, MODELS)
+            check_model_name(model)
     caches = tuple(check_choice("cache type", c, CACHES) for c in _seq(a["cache"]))
     streams = tuple(check_choice("stream mode", s, stream_mode_names()) for s in _seq(a["stream"]))
     batches = tuple(check_positive("batch_size", b) for b in _seq(a["batch_size"]))
@@ -86,6 +132,11 @@ def parse_marker(
     budget = a["max_syncs_per_step"]
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
         raise DecodePerfError(f"decode_perf max_syncs_per_step must be None or an integer >= 0, got {budget!r}")
+    dtypes = tuple(check_choice("dtype", d, DTYPES) for d in _seq(dtype if dtype is not None else a["dtype"]))
+    kind = check_choice("prompts", a["prompts"], PROMPTS)
+    lens = prompt_lens if prompt_lens is not None else a["prompt_lens"]
+    lens_given = _seq(lens) if lens is not None else tuple(default_prompt_lens)
+    prompt_points = prompt_axis(tuple(check_prompt_len(n) for n in lens_given), kind, default_prompt_lens)
     if not isinstance(a["parity"], bool):
         raise DecodePerfError(f"decode_perf parity must be True or False, got {a['parity']!r}")
     for name, values in (
@@ -96,12 +147,27 @@ def parse_marker(
         ("new_tokens", lengths),
         ("stop", stops),
         ("compile", compiles),
+        ("prompt_lens", prompt_points),
+        ("dtype", dtypes),
     ):
         if not values:
             raise DecodePerfError(f"decode_perf {name} is empty")
     variants = [
-        Variant(model=m, cache=c, stream=s, batch_size=b, new_tokens=n, stop=st, compile=co)
-        for m, c, co, b, n, st, s in itertools.product(models, caches, compiles, batches, lengths, stops, streams)
+        Variant(
+            model=m,
+            cache=c,
+            stream=s,
+            batch_size=b,
+            new_tokens=n,
+            stop=st,
+            compile=co,
+            dtype=dt,
+            prompt_len=p,
+            prompts=k,
+        )
+        for m, dt, c, co, b, (p, k), n, st, s in itertools.product(
+            models, dtypes, caches, compiles, batches, prompt_points, lengths, stops, streams
+        )
     ]
     return variants, a["parity"]
 

@@ -69,6 +69,23 @@ def _ints(what: str) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
+def _prompt_lens(text: str) -> tuple[int | str, ...]:
+    from .marker import check_prompt_len
+
+    values = _csv(text)
+    if not values:
+        raise DecodePerfError("empty prompt length list")
+    return tuple(check_prompt_len(v) for v in values)
+
+
+def _checkpoint(text: str) -> str:
+    path = Path(str(text).strip()).expanduser()
+    if not (path / "config.json").is_file():
+        what = "has no config.json (save it with save_pretrained())" if path.is_dir() else "is not a directory"
+        raise DecodePerfError(f"checkpoint {str(path)!r} {what}")
+    return str(path)
+
+
 def _bool(text: str | bool) -> bool:
     if isinstance(text, bool):
         return text
@@ -204,6 +221,29 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None,
         metavar="N",
     ),
+    OptionSpec(
+        "prompt-lens",
+        "comma list of prompt lengths, 'mixed' for left-padded rows of different lengths up to the longest, "
+        "overriding the marker's prompt_lens (default on CPU: 4; on CUDA: 128,512)",
+        _prompt_lens,
+        None,
+        metavar="N,N,mixed",
+    ),
+    OptionSpec(
+        "model-path",
+        "a saved checkpoint directory measured in place of the default model (markers without models=): "
+        "from_pretrained with local files only, never trust_remote_code",
+        _checkpoint,
+        None,
+        metavar="DIR",
+    ),
+    OptionSpec(
+        "dtype",
+        "weights' dtype for every variant, overriding the marker's dtype: float32, float16 or bfloat16",
+        lambda t: check_choice("dtype", str(t).strip(), ("float32", "float16", "bfloat16")),
+        None,
+        metavar="{float32,float16,bfloat16}",
+    ),
     OptionSpec("rounds", "timed rounds per variant (default 5)", _int("rounds", 1), 5, metavar="N"),
     OptionSpec("warmup", "warmup rounds per variant, timed apart (default 1)", _int("warmup", 0), 1, metavar="N"),
     OptionSpec("json", "write the results as JSON to PATH", _writable_file, None, metavar="PATH"),
@@ -275,6 +315,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         metavar="N",
     ),
     OptionSpec(
+        "benchmark-table",
+        "also print pytest-benchmark's own tables (by default only the decode perf table is printed; "
+        "pytest-benchmark still gets every round for --benchmark-json/--benchmark-autosave)",
+        _bool,
+        False,
+        flag=True,
+    ),
+    OptionSpec(
         "share-gpu",
         "with pytest-xdist: allow more workers than GPUs (they share GPUs and disturb timings)",
         _bool,
@@ -340,6 +388,9 @@ class Settings:
     streams: tuple[str, ...] | None
     batch_sizes: tuple[int, ...] | None
     new_tokens: int | None
+    prompt_lens: tuple[int | str, ...] | None
+    model_path: str | None
+    dtype: str | None
     rounds: int
     warmup: int
     json: Path | None
@@ -352,6 +403,7 @@ class Settings:
     ab_max_pairs: int
     fail_on_regression: float
     plot: Path | None
+    benchmark_table: bool
     share_gpu: bool
     threads: int | None
 

@@ -123,10 +123,22 @@ def _default_model(settings: Settings) -> str:
     from .engine.machine import resolve_device
     from .engine.models import default_model_name
 
+    if settings.model_path is not None:
+        return settings.model_path
     try:
         return default_model_name(resolve_device(settings.device))
     except DecodePerfError:
         return default_model_name("cpu")
+
+
+def _default_prompt_lens(settings: Settings) -> tuple[int, ...]:
+    from .engine.machine import resolve_device
+    from .engine.workload import default_prompt_lens
+
+    try:
+        return default_prompt_lens(resolve_device(settings.device))
+    except DecodePerfError:
+        return default_prompt_lens("cpu")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -137,7 +149,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     fixturedefs = metafunc.definition.session._fixturemanager.getfixturedefs("decode_model", metafunc.definition) or ()
     custom_model = bool(fixturedefs) and fixturedefs[-1].func is not decode_model.__wrapped__  # type: ignore[attr-defined]
     try:
-        variants, parity = parse_marker(marker.args, dict(marker.kwargs), _default_model(settings), custom_model)
+        variants, parity = parse_marker(
+            marker.args,
+            dict(marker.kwargs),
+            _default_model(settings),
+            custom_model,
+            _default_prompt_lens(settings),
+            settings.prompt_lens,
+            settings.dtype,
+        )
     except DecodePerfError as exc:
         raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: {exc}") from None
     if settings.new_tokens is not None:
@@ -168,6 +188,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = _session(config).settings
     bs = getattr(config, "_benchmarksession", None)
     feeds_benchmark = settings.enabled and bs is not None and not bs.disabled and _ab(config) is None
+    if feeds_benchmark and bs is not None and not settings.benchmark_table:
+        bs.display = _no_table  # its table repeats ours in other units; its saving and comparing stay on
     _check_model_names(config, settings, items)
     keep: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
@@ -185,6 +207,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = keep
+
+
+def _no_table(terminalreporter: Any) -> None:
+    """pytest-benchmark's table, not shown unless --decodeperf-benchmark-table asks for it."""
 
 
 def _check_model_names(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> None:

@@ -35,6 +35,9 @@ class ResultRecord(TypedDict):
     batch_size: int
     new_tokens: int  # max new tokens asked for
     stop: str  # "eos" or "none"
+    prompt_len: int  # the longest row's prompt tokens (older records: absent, meaning 4)
+    prompts: str  # "random", "mixed" (left padded) or "text" (older records: absent, meaning "random")
+    prompt_lengths: list[int]  # each row's real prompt length
     compile: bool | str  # False, True (default mode) or a torch.compile mode
     dtype: str
     device: str

@@ -23,6 +23,7 @@ COLUMNS = (
     "cache",
     "stream",
     "batch",
+    "prompt",
     "new",
     "tok/s",
     "spread",
@@ -55,7 +56,37 @@ def group_key(rec: ResultRecord) -> tuple[object, ...]:
         rec["compile"],
         rec["dtype"],
         rec["device"],
+        prompt_label(rec),
     )
+
+
+def prompt_label(rec: ResultRecord) -> str:
+    """``16``, or ``16 mixed`` / ``16 text`` for left-padded rows up to 16 tokens (older records: 4)."""
+    kind = rec.get("prompts", "random")
+    return str(rec.get("prompt_len", 4)) + ("" if kind == "random" else f" {kind}")
+
+
+PROMPT_ORDER = ("random", "mixed", "text")
+
+
+def prompt_order(rec: ResultRecord) -> tuple[int, tuple[int, str]]:
+    """Prompt length, then random before mixed before text."""
+    return (rec.get("prompt_len", 4), rank(PROMPT_ORDER, rec.get("prompts", "random")))
+
+
+def prefill_by_prompt(records: Sequence[ResultRecord]) -> list[str]:
+    """One line per model, cache and batch measured at several prompt lengths: baseline prefill ms per length."""
+    groups: dict[tuple[object, ...], dict[str, float]] = {}
+    for r in sorted(records, key=prompt_order):
+        if r["stream"] == "baseline" and r["prefill_ms"] is not None:
+            key = (r["model"], r["cache"], r["batch_size"], r["compile"], r["dtype"])
+            groups.setdefault(key, {}).setdefault(prompt_label(r), r["prefill_ms"])
+    lines = []
+    for (model, cache, batch, _compile, _dtype), by_len in groups.items():
+        if len(by_len) > 1:
+            cells = ", ".join(f"{label}: {ms:.2f}" for label, ms in by_len.items())
+            lines.append(f"prefill ms by prompt length ({model} {cache} b{batch}, baseline): {cells}")
+    return lines
 
 
 def rank(order: Sequence[str], name: str) -> tuple[int, str]:
@@ -73,6 +104,7 @@ def sort_records(records: Sequence[ResultRecord]) -> list[ResultRecord]:
             r["model"],
             rank(CACHE_ORDER, r["cache"]),
             r["batch_size"],
+            prompt_order(r),
             str(group_key(r)[4:]),
             rank(STREAM_ORDER, r["stream"]),
         ),
@@ -128,6 +160,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 rec["cache"],
                 rec["stream"],
                 str(rec["batch_size"]),
+                prompt_label(rec),
                 str(rec["new_tokens"]),
                 _fmt(rec["tokens_per_s"], ",.1f"),
                 "±" + _fmt(rec["spread_pct"], ".1f") + "%",
@@ -143,7 +176,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             ]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    numeric = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14}
+    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -153,7 +186,8 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     rule = "-" * len(line(cells[0]))
     out = [
         f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
-        "new = max new tokens; floor ms = bytes a decode step must move / measured copy bandwidth, "
+        "prompt = prompt tokens (mixed/text: left-padded rows up to that many); new = max new tokens; "
+        "floor ms = bytes a decode step must move / measured copy bandwidth, "
         "% bw = those bytes per measured ms/token over that bandwidth, GB/s = what that achieves; "
         "steps = forward passes (+ run past the last kept); syncs/step = hidden + stop-flag blocking device reads "
         "per decode step (! over budget)",
@@ -175,6 +209,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             "note: nostop runs every step even after all rows finished (see steps): its tok/s counts kept tokens only, "
             "so it can read below baseline; its ms/token is the per-step bound without a stop check"
         )
+    out += [f"note: {line}" for line in prefill_by_prompt(rows)]
     out.append("note: '-' = not measured here (no decode step, not counted under torch.compile, or no baseline)")
     unstable = [r for r in rows if r.get("unstable")]
     if unstable:

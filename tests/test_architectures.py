@@ -167,13 +167,37 @@ def test_every_cache_and_mode_matches_transformers_generate(runner: Runner, name
     for stop in ("eos", "none"):
         for batch in (1, 4):
             for cache in ("none", "dynamic", "static"):
-                for stream in ("baseline", "pipelined", *(("hf-generate",) if cache != "none" else ())):
+                # deferred and nostop trim a lagged or run-on loop: where rows stop at different steps (b4)
+                lagged = ("deferred", "nostop") if batch > 1 else ()
+                for stream in ("baseline", "pipelined", *lagged, *(("hf-generate",) if cache != "none" else ())):
                     variant = Variant(name, cache, stream, batch, NEW, stop=stop)
                     result = runner.run(variant, model)
                     if result.parity is None or not result.parity.ok:
                         failures.append(str(result.parity))
                     elif stop == "eos":
                         assert result.output.new_tokens < NEW or batch > 1, f"{variant.id}: no row stopped"
+    assert failures == []
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa", "mistral-sliding"])
+def test_left_padded_mixed_prompts_match_generate_with_the_same_mask(runner: Runner, name: str) -> None:
+    """Rows of 16, 12, 8 and 4 prompt tokens, left padded: generate() gets the same ids and mask.
+
+    The sliding window (6) is shorter than the rows, so it engages; GPT-2 (learned absolute positions)
+    shows wrong position ids, Llama (rotary) wrong masks. GPT-2 and Llama take a ready 4-D mask: no
+    hidden read in a step; the sliding-window model keeps transformers' 2-D path.
+    """
+    model = build(name, BUILDERS[name])
+    failures = []
+    for cache in ("none", "dynamic", "static"):
+        for stream in ("baseline", "pipelined", *(("hf-generate",) if cache != "none" else ())):
+            variant = Variant(name, cache, stream, 4, NEW, prompt_len=16, prompts="mixed")
+            result = runner.run(variant, model)
+            assert result.workload.prompt_lengths == (16, 12, 8, 4)
+            if result.parity is None or not result.parity.ok:
+                failures.append(str(result.parity))
+            if name != "mistral-sliding" and not variant.is_hf:
+                assert result.syncs is not None and result.syncs.max_hidden == 0, result.syncs
     assert failures == []
 
 

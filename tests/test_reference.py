@@ -79,6 +79,59 @@ def test_a_compile_that_falls_back_to_eager_fails_saying_so(runner: Runner, monk
     assert "torch.compile produced no graph at all" in one_line(caught)
 
 
+def test_dynamos_recompile_limit_is_seen_by_the_compile_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real hit: a frame recompiled past the limit runs eager from then on, with only a log warning."""
+    from pytest_decodeperf.engine.profiling import compile_counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    before = compile_counters()["recompile_limit_hits"]
+    doubled = torch.compile(lambda x: x * 2 + 1, dynamic=False)
+    for n in (2, 3, 4):
+        doubled(torch.ones(n))
+    assert compile_counters()["recompile_limit_hits"] > before
+
+
+def test_a_compile_that_hits_the_recompile_limit_fails_saying_so(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After >= 1 graph the rest can still go eager: the limit hit during the measurement fails the item."""
+    from pytest_decodeperf.engine import profiling
+    from pytest_decodeperf.engine import runner as runner_module
+
+    hits = iter(range(100))
+    real = profiling.compile_counters
+
+    def counters() -> dict[str, int]:
+        return {**real(), "unique_graphs": 1 + next(hits), "recompile_limit_hits": next(hits)}
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
+    monkeypatch.setattr(runner_module, "compile_counters", counters)
+    with pytest.raises(DecodePerfError) as caught:
+        runner.run(Variant("mine", "static", "baseline", 1, 8, compile=True), gpt2())
+    assert "torch.compile hit dynamo's recompile limit while measuring" in one_line(caught)
+
+
+def test_an_encoder_decoder_is_refused_in_one_line_by_every_mode(runner: Runner) -> None:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(
+        T5Config(vocab_size=300, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, decoder_start_token_id=0)
+    ).eval()
+    for stream in ("baseline", "hf-generate"):
+        with pytest.raises(DecodePerfError) as caught:
+            runner.run(Variant("t5", "dynamic", stream, 1, 8), t5)
+        assert "T5ForConditionalGeneration is an encoder-decoder" in one_line(caught)
+
+
+def test_a_reference_whose_rows_all_stop_at_once_is_refused() -> None:
+    from pytest_decodeperf.engine.workload import check_not_degenerate
+
+    generated = torch.tensor([[7, 3, 4, 5], [7, 5, 6, 3]])
+    with pytest.raises(DecodePerfError, match=r"^m: every row stops at its first step in the reference: nothing"):
+        check_not_degenerate(generated, [7], "m")
+    check_not_degenerate(generated, [4], "m")  # rows stopping later are fine
+
+
 def test_a_new_model_never_inherits_a_freed_models_workload(runner: Runner) -> None:
     """Python reuses the id of a freed object: state keyed by id() handed the next model stale prompts."""
     first = gpt2(seed=1, vocab_size=300)

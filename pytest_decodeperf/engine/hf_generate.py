@@ -51,6 +51,11 @@ def deferred_stop_check_forced() -> Iterator[None]:
         deferred.is_supported = original
 
 
+def _mask(workload: Workload) -> torch.Tensor:
+    """The workload's padding mask, or all ones (pad == eos == bos for GPT-2: generate() would guess)."""
+    return workload.attention_mask if workload.attention_mask is not None else torch.ones_like(workload.prompts)
+
+
 def hf_generate(
     model: PreTrainedModel,
     workload: Workload,
@@ -85,9 +90,7 @@ def hf_generate(
     try:
         # The workload's stops are the only ones: generate() would fall back to the model's own EOS.
         with deferred_stop_check_forced() if deferred else contextlib.nullcontext(), model_eos_cleared(model):
-            sequences = cast(Any, model).generate(
-                prompts, attention_mask=torch.ones_like(prompts), generation_config=config
-            )
+            sequences = cast(Any, model).generate(prompts, attention_mask=_mask(workload), generation_config=config)
     finally:
         handle.remove()
     kept = int(sequences.shape[1]) - int(prompts.shape[1])

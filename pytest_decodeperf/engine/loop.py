@@ -19,6 +19,7 @@ from ..errors import DecodePerfError
 from .caches import CacheSlot, cache_keyword
 from .device_runtime import DeviceRuntime
 from .hidden_syncs import full_causal_mask
+from .masks import PaddedBatch, takes_position_ids
 from .nvtx import NULL_TRACER, Tracer
 from .stream_modes import StopPolicy
 from .syncs import SyncCounter
@@ -52,15 +53,20 @@ class DecodeOutput:
 
 
 def forward_next_token(
-    model: PreTrainedModel, inputs: torch.Tensor, cache: Cache | None, causal_mask: bool = False
+    model: PreTrainedModel,
+    inputs: torch.Tensor,
+    cache: Cache | None,
+    causal_mask: bool = False,
+    padded: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Greedy next token for each row. inputs: [B, T] -> [B].
 
     ``causal_mask``: pass a ready 4-D causal mask (the cache-less loop): without one, transformers'
     masking code reads a device tensor on the host (``(...).all()`` in a Python ``if``) every forward.
+    ``padded``: a left-padded batch's mask and positions for this forward (``masks.PaddedBatch``).
     """
-    extra: dict[str, Any] = {}
-    if causal_mask:
+    extra: dict[str, Any] = dict(padded) if padded is not None else {}
+    if causal_mask and padded is None:
         batch, length = inputs.shape
         extra["attention_mask"] = full_causal_mask(batch, length, _float_dtype(model), inputs.device)  # [B,1,T,T]
     extra[cache_keyword(model) or "past_key_values"] = cache
@@ -74,10 +80,14 @@ def _float_dtype(model: PreTrainedModel) -> torch.dtype:
 
 
 def prefill(
-    model: PreTrainedModel, prompts: torch.Tensor, cache: Cache | None, causal_mask: bool = False
+    model: PreTrainedModel,
+    prompts: torch.Tensor,
+    cache: Cache | None,
+    causal_mask: bool = False,
+    padded: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Run the prompt [B, P] through the model: the first generated token [B]."""
-    return forward_next_token(model, prompts, cache, causal_mask)
+    return forward_next_token(model, prompts, cache, causal_mask, padded)
 
 
 def decode_one_token(
@@ -87,10 +97,11 @@ def decode_one_token(
     cache: Cache | None,
     full_sequence: bool,
     causal_mask: bool = False,
+    padded: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Next token [B] given seq[:, :length]; the naive loop feeds it all, a cached one the last token."""
     inputs = seq[:, :length] if full_sequence else seq[:, length - 1 : length]  # [B, T] or [B, 1]
-    return forward_next_token(model, inputs, cache, causal_mask)
+    return forward_next_token(model, inputs, cache, causal_mask, padded)
 
 
 def generate(
@@ -106,6 +117,8 @@ def generate(
     syncs: SyncCounter | None = None,
     runtime: DeviceRuntime | None = None,
     causal_mask: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    ready_mask: bool = False,
 ) -> DecodeOutput:
     """Greedy-decode up to ``max_new_tokens`` per row of ``prompts`` [B, P].
 
@@ -115,6 +128,8 @@ def generate(
     ``runtime``: the device seam (default: the device's own; tests pass the CUDA simulator).
     ``causal_mask``: without a cache, pass a ready 4-D causal mask (no host read in transformers'
     masking code); only for models that give the same logits with it (``hidden_syncs.accepts_causal_mask``).
+    ``attention_mask`` [B, P]: a left-padded batch (1 = real token); every forward then gets the mask
+    and positions generate() would pass (``masks.PaddedBatch``), as a ready 4-D mask when ``ready_mask``.
     """
     batch, prompt_len = prompts.shape
     total = prompt_len + max_new_tokens
@@ -128,6 +143,12 @@ def generate(
     cache = cache_slot.fresh()
     full_sequence = cache_slot.strategy.feeds_full_sequence
     causal_mask = causal_mask and full_sequence
+    padded: PaddedBatch | None = None
+    if attention_mask is not None:
+        kv_total = cache_slot.max_len if cache_slot.strategy.preallocated else total
+        padded = PaddedBatch(
+            attention_mask.to(device), total, kv_total, ready_mask, _float_dtype(model), takes_position_ids(model)
+        )
 
     run = policy.start(device, runtime)
     stopped_after: int | None = None  # index of the last step kept when a stop was read
@@ -141,9 +162,12 @@ def generate(
             with tracer.range(f"step {step}"), run.launch(step):
                 with tracer.range("forward", "green"):
                     if step == 0:
-                        token = prefill(model, prompts, cache, causal_mask)
+                        kwargs = _padded_kwargs(padded, 0, prompt_len, cache_slot)
+                        token = prefill(model, prompts, cache, causal_mask, kwargs)
                     else:
-                        token = decode_one_token(model, seq, length, cache, full_sequence, causal_mask)
+                        start = 0 if full_sequence else length - 1
+                        kwargs = _padded_kwargs(padded, start, length, cache_slot)
+                        token = decode_one_token(model, seq, length, cache, full_sequence, causal_mask, kwargs)
                 # Rows that already finished emit pad; then a row finishes on an EOS.
                 token = torch.where(finished, pad, token)  # [B]
                 seq[:, length] = token
@@ -174,6 +198,13 @@ def generate(
         host_reads=run.host_reads,
         note=run.note,
     )
+
+
+def _padded_kwargs(padded: PaddedBatch | None, start: int, end: int, slot: CacheSlot) -> dict[str, Any] | None:
+    """The padded batch's mask and positions for a forward over [start, end) (None: not padded)."""
+    if padded is None:
+        return None
+    return padded.forward_kwargs(start, end, slot.max_len if slot.strategy.preallocated else end)
 
 
 def _steps_until_all_finished(generated: torch.Tensor, eos_ids: torch.Tensor, limit: int) -> int:

@@ -8,8 +8,10 @@ trained model of the same shape, which is what a performance test measures.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -116,18 +118,85 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[check_choice("dtype", dtype, DTYPES)]
 
 
+def is_checkpoint(name: str) -> bool:
+    """A model name that is a directory (a saved checkpoint), not a zoo name."""
+    return name not in MODELS and Path(name).expanduser().is_dir()
+
+
+def model_label(name: str) -> str:
+    """How a model shows in ids and tables: a zoo name as is, a checkpoint path by its directory name."""
+    if name in MODELS or ("/" not in name and os.sep not in name):
+        return name
+    return Path(name).expanduser().resolve().name or name
+
+
+def check_model_name(name: str) -> str:
+    """A zoo name or an existing checkpoint directory, else one line listing the zoo."""
+    if is_checkpoint(name):
+        return name
+    if "/" in name or os.sep in name or name.startswith("."):
+        raise DecodePerfError(f"model {name!r}: no such checkpoint directory (and not a zoo name: {', '.join(MODELS)})")
+    return check_choice("model", name, MODELS)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def load_checkpoint(
+    path: str, device: torch.device | str = "cpu", dtype: str | torch.dtype = "float32"
+) -> PreTrainedModel:
+    """A saved causal LM from ``path``: local files only (no hub), never ``trust_remote_code``."""
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        raise DecodePerfError(f"checkpoint {str(directory)!r} has no config.json: save it with save_pretrained()")
+    _check_device(torch.device(device))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False, dtype=resolve_dtype(dtype)
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DecodePerfError(f"checkpoint {str(directory)!r} does not load as a causal LM: {first}") from None
+    cast(Any, model).to(device=torch.device(device))
+    cast(Any, model).eval()
+    return cast(PreTrainedModel, model)
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved beside a checkpoint (None when there is none); local files only."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir() or not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DecodePerfError(f"the tokenizer beside {str(directory)!r} does not load: {first}") from None
+
+
+def _check_device(dev: torch.device) -> None:
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DecodePerfError("device 'cuda' asked for, but torch.cuda.is_available() is False")
+
+
 def build_model(
     name: str,
     device: torch.device | str = "cpu",
     dtype: str | torch.dtype = "float32",
     seed: int = 0,
 ) -> PreTrainedModel:
-    """Build model ``name`` with seeded random weights, in eval mode, on ``device``."""
-    spec = MODELS[check_choice("model", name, MODELS)]
+    """Build zoo model ``name`` with seeded random weights (or load the checkpoint directory ``name``),
+    in eval mode, on ``device``."""
+    if is_checkpoint(name):
+        return load_checkpoint(name, device, dtype)
+    spec = MODELS[check_model_name(name)]
     torch_dtype = resolve_dtype(dtype)
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DecodePerfError("device 'cuda' asked for, but torch.cuda.is_available() is False")
+    _check_device(dev)
     # Seed a private generator stream so building a model never disturbs the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -24,12 +24,16 @@ DRAINING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
 def compile_counters() -> dict[str, int]:
-    """torch._dynamo's running totals: compiled graphs (recompiles add to them) and graph breaks."""
+    """torch._dynamo's running totals: compiled graphs (recompiles add to them), graph breaks, and the
+    times a frame hit the recompile limit (dynamo then runs it eager from there on, with a warning)."""
     from torch._dynamo.utils import counters
 
     return {
         "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
         "graph_breaks": int(sum(counters["graph_break"].values())),
+        "recompile_limit_hits": int(
+            sum(n for msg, n in counters["unimplemented"].items() if "recompile limit exceeded" in msg.lower())
+        ),
     }
 
 

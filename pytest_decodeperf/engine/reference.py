@@ -104,13 +104,25 @@ class Judged:
         )
 
 
-def judge(model: PreTrainedModel, prompts: torch.Tensor, expected: torch.Tensor, divergence: Divergence) -> Judged:
-    """Look at the reference model's next-token logits on the common prefix of the two rows."""
+def judge(
+    model: PreTrainedModel,
+    prompts: torch.Tensor,
+    expected: torch.Tensor,
+    divergence: Divergence,
+    attention_mask: torch.Tensor | None = None,
+) -> Judged:
+    """Look at the reference model's next-token logits on the common prefix of the two rows.
+
+    A left-padded row is judged without its padding (``attention_mask`` [B, P], 1 = real token).
+    """
     e, a = divergence.expected, divergence.actual
     if e is None or a is None:
         return Judged(divergence, float("inf"), False)  # one side ended: a length bug, not numerics
     row = divergence.row
-    prefix = torch.cat([prompts[row].cpu(), expected[row, : divergence.position].cpu()])[None]  # [1, P + pos]
+    prompt = prompts[row].cpu()
+    if attention_mask is not None:
+        prompt = prompt[attention_mask[row].cpu().bool()]
+    prefix = torch.cat([prompt, expected[row, : divergence.position].cpu()])[None]  # [1, P + pos]
     device = next(model.parameters()).device
     with torch.no_grad():
         logits = model(prefix.to(device), use_cache=False).logits[0, -1].float().cpu()  # [V]
@@ -123,12 +135,16 @@ def judge(model: PreTrainedModel, prompts: torch.Tensor, expected: torch.Tensor,
 
 
 def judged_report(
-    model: PreTrainedModel, prompts: torch.Tensor, expected: torch.Tensor, report: ParityReport
+    model: PreTrainedModel,
+    prompts: torch.Tensor,
+    expected: torch.Tensor,
+    report: ParityReport,
+    attention_mask: torch.Tensor | None = None,
 ) -> ParityReport:
     """``report`` with each divergence judged: near-ties become notes, confident disagreements stay."""
     if report.ok:
         return report
-    judged = [judge(model, prompts, expected, d) for d in report.divergences]
+    judged = [judge(model, prompts, expected, d, attention_mask) for d in report.divergences]
     bugs = [replace(j.divergence, margin=j.margin) for j in judged if not j.numerics]
     ties = [str(j) for j in judged if j.numerics]
     return ParityReport(report.label, bugs, report.expected_shape, report.actual_shape, report.reference, ties)

@@ -21,7 +21,7 @@ from .hf_generate import hf_generate
 from .hidden_syncs import accepts_causal_mask, no_padding_check
 from .loop import DecodeOutput, generate
 from .measure import Clock, measure
-from .models import build_model
+from .models import build_model, load_tokenizer
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
@@ -45,6 +45,7 @@ class _ModelState:
     baselines: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
     references: dict[tuple[Any, ...], tuple[torch.Tensor, str]] = field(default_factory=dict)
     takes_causal_mask: bool | None = None
+    tokenizer: tuple[Any] | None = None  # (the tokenizer beside the model's checkpoint, or None,), looked up once
     cache_refusal: tuple[str | None] | None = None  # (why the model cannot be given a cache,), probed once
 
     def causal_mask(self, model: PreTrainedModel) -> bool:
@@ -52,6 +53,10 @@ class _ModelState:
         if self.takes_causal_mask is None:
             self.takes_causal_mask = accepts_causal_mask(getattr(model, "_orig_mod", model))
         return self.takes_causal_mask
+
+
+def _workload_key(variant: Variant) -> tuple[Any, ...]:
+    return (variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len, variant.prompts)
 
 
 class Runner:
@@ -130,12 +135,28 @@ class Runner:
     def _of(self, model: PreTrainedModel) -> _ModelState:
         return self._state.setdefault(model, _ModelState())
 
+    def tokenizer(self, model: PreTrainedModel) -> Any:
+        """The tokenizer saved beside ``model``'s checkpoint (its ``name_or_path``), or None."""
+        state = self._of(model)
+        if state.tokenizer is None:
+            path = str(getattr(model, "name_or_path", "") or "")
+            state.tokenizer = (load_tokenizer(path) if path else None,)
+        return state.tokenizer[0]
+
     def workload(self, model: PreTrainedModel, variant: Variant) -> Workload:
         workloads = self._of(model).workloads
-        key = (variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len)
+        key = _workload_key(variant)
         if key not in workloads:
+            tokenizer = self.tokenizer(model) if variant.prompts == "text" else None
             workloads[key] = make_workload(
-                model, variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len, self.seed
+                model,
+                variant.batch_size,
+                variant.new_tokens,
+                variant.stop,
+                variant.prompt_len,
+                self.seed,
+                variant.prompts,
+                tokenizer,
             )
         return workloads[key]
 
@@ -181,7 +202,7 @@ class Runner:
             with torch.no_grad():
                 model(workload.prompts, use_cache=True, **{cache_keyword(model) or "past_key_values": slot.fresh()})
         tracer = self.tracer.without_window()  # the capture window has its own generation (profile_window)
-        if slot.strategy.feeds_full_sequence:
+        if slot.strategy.feeds_full_sequence or workload.attention_mask is not None:
             self._of(target).causal_mask(target)  # probe once, before any timed round
 
         def run_loop(clock: Clock) -> DecodeOutput:
@@ -208,7 +229,7 @@ class Runner:
         cannot drive, the decode loop without a cache.
         """
         refs = self._of(model).references
-        key = (variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len)
+        key = _workload_key(variant)
         if key not in refs:
             with torch.inference_mode():
                 try:
@@ -277,6 +298,9 @@ class Runner:
         prompts, eos, pad = workload.prompts, workload.eos_ids, workload.pad_id
         if slot.strategy.feeds_full_sequence:
             options["causal_mask"] = self._of(model).causal_mask(model)
+        if workload.attention_mask is not None:
+            options["attention_mask"] = workload.attention_mask
+            options["ready_mask"] = self._of(model).causal_mask(model)
         return generate(model, prompts, workload.max_new_tokens, slot, policy, eos, pad, **options)
 
     def run(
@@ -329,6 +353,12 @@ class Runner:
                 after = compile_counters()
                 measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
                 since = self._of(model).graphs_before.get(variant.compile)
+                if measurement.compile_stats.get("recompile_limit_hits", 0) > 0:
+                    raise DecodePerfError(
+                        f"{variant.id}: torch.compile hit dynamo's recompile limit while measuring: from there on the "
+                        "frame ran eager, so this would be a partly eager figure under a compiled label (raise "
+                        "torch._dynamo.config.recompile_limit, or see why it recompiles with TORCH_LOGS=recompiles)"
+                    )
                 if not variant.is_hf and since is not None and after.get("unique_graphs", 0) - since <= 0:
                     raise DecodePerfError(
                         f"{variant.id}: torch.compile produced no graph at all: the model ran eager, so this "
@@ -360,7 +390,7 @@ class Runner:
         """Held to generate() (divergences judged by the logits), and bit for bit to its cache's baseline."""
         expected, source = self.generate_reference(model, variant, workload)
         report = check_parity(expected, generated, workload.eos_ids, variant.id, source)
-        report = judged_report(model, workload.prompts, expected, report)
+        report = judged_report(model, workload.prompts, expected, report, workload.attention_mask)
         if report.ok and variant.stream != "baseline" and not variant.is_hf:
             # Stream modes of one cache differ only in when the host reads the flag: exact, always.
             same_cache = check_parity(self.reference(model, variant, workload), generated, workload.eos_ids, variant.id)

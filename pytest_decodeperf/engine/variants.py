@@ -9,9 +9,9 @@ import torch
 
 from ..errors import DecodePerfError, check_choice, check_positive
 from .caches import CACHES, get_cache
-from .models import DTYPES
+from .models import DTYPES, model_label
 from .stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
-from .workload import DEFAULT_PROMPT_LEN, STOPS
+from .workload import DEFAULT_PROMPT_LEN, PROMPTS, STOPS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -33,14 +33,19 @@ class Variant:
     stop: str = "eos"
     compile: bool | str = False  # True: torch.compile default mode; a str: that mode
     dtype: str = "float32"
-    prompt_len: int = DEFAULT_PROMPT_LEN
+    prompt_len: int = DEFAULT_PROMPT_LEN  # the longest row's prompt tokens
+    prompts: str = "random"  # random, mixed (left padded, lengths spread) or text (the corpus, tokenized)
 
     @property
     def id(self) -> str:
-        """Readable id, e.g. ``tiny-gpt2-static-pipelined-b8``."""
-        parts = [self.model, self.cache, self.stream, f"b{self.batch_size}"]
+        """Readable id, e.g. ``tiny-gpt2-static-pipelined-b8``; ``-p512`` / ``-p64mixed`` off the default prompt."""
+        parts = [model_label(self.model), self.cache, self.stream, f"b{self.batch_size}"]
+        if self.prompt_len != DEFAULT_PROMPT_LEN or self.prompts != "random":
+            parts.append(f"p{self.prompt_len}" + ("" if self.prompts == "random" else self.prompts))
         if self.compile:
             parts.append("compiled" if self.compile is True else f"compiled-{self.compile}")
+        if self.dtype != "float32":
+            parts.append(self.dtype)
         return "-".join(parts)
 
     @property
@@ -55,6 +60,7 @@ class Variant:
             self.compile,
             self.dtype,
             self.prompt_len,
+            self.prompts,
         )
 
     def baseline(self) -> Variant:
@@ -76,6 +82,7 @@ class Variant:
         check_positive("batch size", self.batch_size)
         check_positive("new tokens", self.new_tokens)
         check_positive("prompt length", self.prompt_len)
+        check_choice("prompts", self.prompts, PROMPTS)
         check_compile(self.compile)
         get_cache(self.cache)
         if device is not None:

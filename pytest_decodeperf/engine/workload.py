@@ -10,6 +10,8 @@ steps, each known in advance from the reference run (``expected_lengths``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -17,12 +19,22 @@ from transformers import PreTrainedModel
 from ..errors import DecodePerfError, check_choice, check_positive
 from .caches import CacheSlot, get_cache
 from .loop import generate
+from .masks import left_pad
 from .models import pad_token_id, vocab_size
 from .stream_modes import get_stop_policy
 
 STOPS = ("eos", "none")
+# random: every row prompt_len random ids; mixed: random ids, rows of different lengths, left padded;
+# text: lines of the shipped corpus through the checkpoint's tokenizer, cut at prompt_len, left padded.
+PROMPTS = ("random", "mixed", "text")
 LENGTH_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 DEFAULT_PROMPT_LEN = 4
+CUDA_PROMPT_LENS = (128, 512)
+
+
+def default_prompt_lens(device: torch.device | str) -> tuple[int, ...]:
+    """Prompt lengths a run uses when none are given: tiny on CPU, realistic on CUDA (prefill matters there)."""
+    return CUDA_PROMPT_LENS if torch.device(device).type == "cuda" else (DEFAULT_PROMPT_LEN,)
 
 
 @dataclass(frozen=True)
@@ -35,10 +47,18 @@ class Workload:
     max_new_tokens: int
     stop: str
     expected_lengths: tuple[int, ...]
+    attention_mask: torch.Tensor | None = None  # [B, P], 1 = real token; None: no padding
 
     @property
     def batch_size(self) -> int:
         return int(self.prompts.shape[0])
+
+    @property
+    def prompt_lengths(self) -> tuple[int, ...]:
+        """Real (unpadded) prompt length of each row."""
+        if self.attention_mask is None:
+            return (int(self.prompts.shape[1]),) * self.batch_size
+        return tuple(int(n) for n in self.attention_mask.sum(dim=1).tolist())
 
     @property
     def expected_steps(self) -> int:
@@ -54,7 +74,76 @@ def make_prompts(model: PreTrainedModel, batch_size: int, prompt_len: int, seed:
     return torch.randint(low, vocab_size(model), (batch_size, prompt_len), generator=gen)
 
 
-def reference_tokens(model: PreTrainedModel, prompts: torch.Tensor, max_new_tokens: int, pad_id: int) -> torch.Tensor:
+def mixed_lengths(batch_size: int, prompt_len: int) -> list[int]:
+    """Row lengths of a mixed batch: the first row ``prompt_len``, the last a quarter of it, evenly between."""
+    if batch_size == 1:
+        return [prompt_len]
+    low = max(1, (prompt_len + 3) // 4)
+    return [prompt_len - round(r * (prompt_len - low) / (batch_size - 1)) for r in range(batch_size)]
+
+
+def mixed_prompts(
+    model: PreTrainedModel, batch_size: int, prompt_len: int, seed: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random prompts of different lengths, left padded: (ids [B, P], mask [B, P])."""
+    ids = make_prompts(model, batch_size, prompt_len, seed)
+    rows = [ids[r, prompt_len - n :].tolist() for r, n in enumerate(mixed_lengths(batch_size, prompt_len))]
+    return left_pad(rows, pad_id)
+
+
+CORPUS = Path(__file__).with_name("data") / "corpus.txt"
+
+
+def corpus_lines() -> list[str]:
+    """The small English corpus shipped with the package, one sentence a line."""
+    return [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text``: a transformers tokenizer (``encode`` gives ids) or a ``tokenizers.Tokenizer``."""
+    out = tokenizer.encode(text)
+    return [int(i) for i in (out.ids if hasattr(out, "ids") else out)]
+
+
+def text_prompts(
+    model: PreTrainedModel, tokenizer: Any, batch_size: int, prompt_len: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real text as prompts: row r is corpus lines from line 3r on, tokenized and cut at its target
+    length (``mixed_lengths``: the first row prompt_len tokens, the last a quarter of it), left padded."""
+    name = type(model).__name__
+    if tokenizer is None:
+        raise DecodePerfError(
+            f"{name}: prompts='text' needs a tokenizer beside the checkpoint (tokenizer.json or "
+            "tokenizer_config.json in its directory); use prompts='random' or 'mixed' for a model without one"
+        )
+    lines = corpus_lines()
+    vocab = vocab_size(model)
+    rows: list[list[int]] = []
+    for row, target in enumerate(mixed_lengths(batch_size, prompt_len)):
+        ids: list[int] = []
+        for i in range(len(lines) * max(1, target)):  # bounded: every line adds a token, or the check below fires
+            ids += encode(tokenizer, lines[(3 * row + i) % len(lines)] + "\n")
+            if len(ids) >= target:
+                break
+        if len(ids) < target:
+            raise DecodePerfError(f"{name}: the tokenizer turns the corpus into no tokens; is it empty or broken?")
+        rows.append(ids[:target])
+    worst = max(max(row) for row in rows)
+    if worst >= vocab:
+        raise DecodePerfError(
+            f"{name}: the tokenizer gives id {worst}, but the model's vocabulary holds {vocab} ids: the tokenizer "
+            "beside the checkpoint is not the one it was trained with"
+        )
+    return left_pad(rows, pad_id)
+
+
+def reference_tokens(
+    model: PreTrainedModel,
+    prompts: torch.Tensor,
+    max_new_tokens: int,
+    pad_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Greedy tokens [B, N] with no stop at all (dynamic cache; generate() for a model the loop cannot drive)."""
     from .reference import loop_refusal, model_eos_cleared
 
@@ -62,7 +151,7 @@ def reference_tokens(model: PreTrainedModel, prompts: torch.Tensor, max_new_toke
         with torch.inference_mode(), model_eos_cleared(model):
             sequences: torch.Tensor = model.generate(  # type: ignore[operator]
                 prompts,
-                attention_mask=torch.ones_like(prompts),
+                attention_mask=torch.ones_like(prompts) if attention_mask is None else attention_mask,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=max_new_tokens,
                 do_sample=False,
@@ -72,7 +161,16 @@ def reference_tokens(model: PreTrainedModel, prompts: torch.Tensor, max_new_toke
     slot = CacheSlot(get_cache("dynamic"), model, prompts.shape[0], prompts.shape[1] + max_new_tokens)
     no_eos = torch.empty(0, dtype=torch.long, device=prompts.device)
     with torch.inference_mode():
-        out = generate(model, prompts, max_new_tokens, slot, get_stop_policy("baseline"), no_eos, pad_id)
+        out = generate(
+            model,
+            prompts,
+            max_new_tokens,
+            slot,
+            get_stop_policy("baseline"),
+            no_eos,
+            pad_id,
+            attention_mask=attention_mask,
+        )
     return out.generated.cpu()
 
 
@@ -147,16 +245,46 @@ def make_workload(
     stop: str = "eos",
     prompt_len: int = DEFAULT_PROMPT_LEN,
     seed: int = 0,
+    prompts: str = "random",
+    tokenizer: Any = None,
 ) -> Workload:
-    """Prompts on the model's device, and stop tokens chosen so rows finish at known steps."""
+    """Prompts on the model's device, and stop tokens chosen so rows finish at known steps.
+
+    ``prompts``: ``random`` ([B, prompt_len] seeded ids), ``mixed`` (seeded ids, rows of different
+    lengths up to prompt_len, left padded, with an attention mask) or ``text`` (the shipped corpus
+    through ``tokenizer``, each row cut at prompt_len tokens, left padded).
+    """
     check_positive("batch size", batch_size)
     check_positive("new tokens", max_new_tokens)
     check_positive("prompt length", prompt_len)
     check_choice("stop workload", stop, STOPS)
+    check_choice("prompts", prompts, PROMPTS)
     device = next(model.parameters()).device
     pad_id = pad_token_id(model)
     check_inputs(model, prompt_len, max_new_tokens, pad_id)
-    prompts = make_prompts(model, batch_size, prompt_len, seed).to(device)
+    mask: torch.Tensor | None = None
+    if prompts == "random":
+        ids = make_prompts(model, batch_size, prompt_len, seed).to(device)
+    else:
+        if prompts == "mixed":
+            ids, mask = mixed_prompts(model, batch_size, prompt_len, seed, pad_id)
+        else:
+            ids, mask = text_prompts(model, tokenizer, batch_size, prompt_len, pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+    workload = _stops(model, ids, mask, pad_id, max_new_tokens, stop)
+    return workload
+
+
+def _stops(
+    model: PreTrainedModel,
+    prompts: torch.Tensor,
+    mask: torch.Tensor | None,
+    pad_id: int,
+    max_new_tokens: int,
+    stop: str,
+) -> Workload:
+    device = prompts.device
+    batch_size = int(prompts.shape[0])
     if stop == "none":
         return Workload(
             prompts,
@@ -165,8 +293,9 @@ def make_workload(
             max_new_tokens,
             stop,
             (max_new_tokens,) * batch_size,
+            mask,
         )
-    generated = reference_tokens(model, prompts, max_new_tokens, pad_id)
+    generated = reference_tokens(model, prompts, max_new_tokens, pad_id, mask)
     check_not_degenerate(generated, [], type(model).__name__)
     eos = choose_eos(generated, pad_id)
     return Workload(
@@ -176,4 +305,5 @@ def make_workload(
         max_new_tokens=max_new_tokens,
         stop=stop,
         expected_lengths=row_lengths(generated, eos),
+        attention_mask=mask,
     )

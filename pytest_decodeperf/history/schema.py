@@ -26,7 +26,14 @@ PREFIX = "decodeperf"
 SCHEMA = "decodeperf-asv-1"  # bump when a metric's meaning changes: asv then stops comparing across it
 SIDECAR = "decodeperf-benchmarks.sidecar"  # not *.json: asv reads every *.json in a machine folder as results
 BASE_PARAMS = ("model", "cache", "stream", "batch_size")
-OPTIONAL_PARAMS = ("new_tokens", "stop", "compile", "dtype")  # params only where they take several values
+OPTIONAL_PARAMS = (
+    "new_tokens",
+    "stop",
+    "compile",
+    "dtype",
+    "prompt_len",
+    "prompts",
+)  # params only where they take several values
 PARAM_ORDER = BASE_PARAMS + OPTIONAL_PARAMS
 
 
@@ -152,6 +159,8 @@ def _param_values(rec: ResultRecord) -> dict[str, str]:
         rec["stop"],
         rec["compile"],
         rec["dtype"],
+        rec.get("prompt_len", 4),  # records from before the prompt axis: 4 random tokens
+        rec.get("prompts", "random"),
     )
     return {name: repr(value) for name, value in zip(PARAM_ORDER, values, strict=True)}
 

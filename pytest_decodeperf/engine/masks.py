@@ -1,0 +1,89 @@
+"""Left-padded batches: the attention mask and positions generate() passes, built before the loop.
+
+Real serving decodes prompts of different lengths in one batch, left padded. generate() then
+passes a 2-D mask (1 = real token) that grows by one column a step, and position ids counted from
+each row's first real token (``attention_mask.cumsum(-1) - 1``). The decode loop passes the same,
+with no host read in a step: every mask and position is one slice of a buffer made before step 0.
+
+transformers turns a 2-D mask into a 4-D one on every forward, and on the sdpa path it first asks
+``fast_all(padding_mask)`` in a Python ``if``: a blocking read each step. So for a model that takes
+a ready 4-D mask (``hidden_syncs.accepts_causal_mask``: full causal attention, not ALiBi) the loop
+passes a 4-D additive mask sliced from one buffer instead. A model that does not (sliding windows,
+ALiBi) gets the 2-D mask and keeps transformers' read: it shows in the sync count.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+_TAKES_POSITIONS: dict[type, bool] = {}
+
+
+def takes_position_ids(model: Any) -> bool:
+    """Whether ``model``'s forward takes ``position_ids`` (generate() passes them only then)."""
+    cls = type(getattr(model, "_orig_mod", model))
+    if cls not in _TAKES_POSITIONS:
+        _TAKES_POSITIONS[cls] = "position_ids" in inspect.signature(cls.forward).parameters
+    return _TAKES_POSITIONS[cls]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids -> (ids [B, P], mask [B, P]), left padded to the longest row with ``pad_id``."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        if row:
+            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - len(row) :] = 1
+    return ids, mask
+
+
+class PaddedBatch:
+    """Masks and positions of one left-padded generation of ``total`` positions.
+
+    ``prompt_mask`` [B, P]: 1 for a real prompt token, 0 for padding. ``kv_total``: the key length
+    of a preallocated cache (its ``max_cache_len``), else ``total``. ``ready``: build the 4-D
+    additive mask; else forwards get the 2-D mask. ``positions``: the model takes ``position_ids``.
+    """
+
+    def __init__(
+        self,
+        prompt_mask: torch.Tensor,
+        total: int,
+        kv_total: int,
+        ready: bool,
+        dtype: torch.dtype,
+        positions: bool,
+    ):
+        batch, prompt_len = prompt_mask.shape
+        device = prompt_mask.device
+        seen = torch.ones(batch, total, dtype=torch.long, device=device)  # [B, T]: generated tokens are real
+        seen[:, :prompt_len] = prompt_mask
+        self.mask2d = seen
+        # generate(): cumsum - 1, pads at 0 (their outputs are never attended to)
+        self.positions = (seen.cumsum(-1) - 1).masked_fill(seen == 0, 0) if positions else None  # [B, T]
+        self.additive: torch.Tensor | None = None
+        if ready:
+            width = max(kv_total, total)
+            keys = torch.zeros(batch, width, dtype=torch.bool, device=device)
+            keys[:, :total] = seen.bool()
+            q = torch.arange(total, device=device)
+            k = torch.arange(width, device=device)
+            allowed = (k[None, :] <= q[:, None])[None] & keys[:, None, :]  # [B, T, KV]
+            mask = torch.zeros(batch, 1, total, width, dtype=dtype, device=device)
+            self.additive = mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, T, KV]
+
+    def forward_kwargs(self, start: int, end: int, kv_length: int) -> dict[str, Any]:
+        """Keyword arguments of a forward over positions [start, end) with ``kv_length`` keys."""
+        out: dict[str, Any] = {}
+        if self.positions is not None:
+            out["position_ids"] = self.positions[:, start:end]
+        if self.additive is not None:
+            out["attention_mask"] = self.additive[:, :, start:end, :kv_length]
+        else:
+            out["attention_mask"] = self.mask2d[:, :end]  # as generate() passes it: every token seen so far
+        return out
