@@ -83,5 +83,7 @@ class ResultRecord(TypedDict):
     bw_fraction: float | None  # achieved / bandwidth
     times_floor: float | None  # ms_per_token / floor_ms_per_step = 1 / bw_fraction: lower is better (asv)
     kv_cache_bytes: int | None  # static cache: the nbytes its tensors hold after the run
-    kv_cache_bytes_analytic: int | None  # static cache: what the config says it must allocate
+    kv_cache_bytes_analytic: int | None  # what the config says a static cache of this length allocates
+    kv_cache_allocated_bytes: int | None  # CUDA, static cache: what the caching allocator handed it
+    generation_peak_bytes: int | None  # CUDA: the memory round's peak over what was resident when it began
     canary_ms: float | None  # the run's drift canary (machine speed), set when history is written

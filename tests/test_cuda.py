@@ -177,3 +177,23 @@ def test_pipelined_drains_the_stream_less_often_than_baseline(cuda_llama) -> Non
     }
     assert recs["pipelined"]["syncs_per_step"] == 0 and recs["baseline"]["syncs_per_step"] == 0
     assert recs["pipelined"]["draining_syncs_per_token"] < recs["baseline"]["draining_syncs_per_token"]
+
+
+def test_the_static_cache_takes_its_analytic_size_from_the_allocator(cuda_model) -> None:  # type: ignore[no-untyped-def]
+    """On CUDA, what the caching allocator handed the static cache equals the config's size within rounding;
+    the dynamic cache's generation peak is reported beside a static cache of the same length."""
+    from pytest_decodeperf.engine.kv_memory import ALLOCATIONS_PER_LAYER, ALLOCATOR_BLOCK
+
+    runner = Runner("cuda", rounds=2, warmup=1)
+    for batch in (1, 8):
+        static = runner.run(Variant("tiny-gpt2", "static", "baseline", batch, 32, stop="none"), cuda_model).record()
+        analytic = static["kv_cache_bytes_analytic"]
+        allocated = static["kv_cache_allocated_bytes"]
+        assert analytic and allocated is not None
+        layers = cuda_model.config.n_layer
+        assert analytic <= allocated <= analytic + ALLOCATOR_BLOCK * ALLOCATIONS_PER_LAYER * layers
+        assert "allocator handed" not in static["note"]
+        dynamic = runner.run(Variant("tiny-gpt2", "dynamic", "baseline", batch, 32, stop="none"), cuda_model).record()
+        assert dynamic["generation_peak_bytes"] and dynamic["generation_peak_bytes"] > 0
+        assert dynamic["kv_cache_bytes_analytic"] == analytic
+        assert f"dynamic cache, b{batch}: the generation peaked" in dynamic["note"]

@@ -325,3 +325,74 @@ def test_a_model_whose_kv_layout_is_unknown_still_measures_and_says_why() -> Non
     fields = Roofline(None, 8e9, note="no roofline: FooConfig: cannot tell").fields(2.0)
     assert fields["bytes_per_step"] is None and fields["bw_fraction"] is None
     assert fields["bandwidth_gb_per_s"] == pytest.approx(8.0)
+
+
+# --- the static cache's allocation against its analytic size (engine/kv_memory.py) -----------------------------
+
+
+def _rounded(cache: Any) -> int:
+    """What a caching allocator with 512-byte blocks hands the cache's tensors now."""
+    from pytest_decodeperf.engine.kv_memory import ALLOCATOR_BLOCK
+
+    return sum(
+        -(-int(t.nbytes) // ALLOCATOR_BLOCK) * ALLOCATOR_BLOCK
+        for layer in cache.layers
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        if isinstance(t, torch.Tensor)
+    )
+
+
+def test_the_watch_sees_each_static_layer_allocate_at_its_first_update() -> None:
+    """transformers' StaticLayer allocates in lazy_initialization: the watch measures the allocator across it."""
+    from transformers import StaticCache
+
+    from pytest_decodeperf import build_model, generate, make_workload
+    from pytest_decodeperf.engine.caches import CacheSlot, get_cache
+    from pytest_decodeperf.engine.kv_memory import AllocationWatch
+    from pytest_decodeperf.engine.stream_modes import get_stop_policy
+
+    model = build_model("tiny-llama-gqa")
+    w = make_workload(model, 3, 6, "none")
+    slot = CacheSlot(get_cache("static"), model, 3, 4 + 6)
+    cache = slot.kept
+    assert isinstance(cache, StaticCache)
+    watch = AllocationWatch(lambda: _rounded(cache)).watch(cache)
+    assert watch.result(1) is None  # nothing allocated before the first generation
+    with torch.inference_mode():
+        generate(model, w.prompts, 6, slot, get_stop_policy("baseline"), w.eos_ids, w.pad_id)
+    analytic = roofline.static_cache_bytes(model.config, torch.float32, 3, 10)
+    check = watch.result(analytic)
+    assert check is not None and check.layers == model.config.num_hidden_layers
+    assert check.allocated == _rounded(cache) and check.matches and check.note() == ""
+    with torch.inference_mode():  # a reset cache is reused: no second allocation
+        generate(model, w.prompts, 6, slot, get_stop_policy("baseline"), w.eos_ids, w.pad_id)
+    assert watch.result(analytic) == check
+
+
+def test_a_static_cache_taking_more_than_its_config_says_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the runner and the device seam: an allocator that handed the cache twice its size."""
+    from pytest_decodeperf import Runner, Variant
+    from pytest_decodeperf.engine.device_runtime import HostRuntime
+
+    runner = Runner("cpu", rounds=1, warmup=0)
+    factor = {"x": 1}
+
+    def allocated(self: HostRuntime) -> int:
+        slot = runner._last_slot
+        return factor["x"] * _rounded(slot.kept) if slot is not None and slot.kept is not None else 0
+
+    monkeypatch.setattr(HostRuntime, "allocated_bytes", allocated)
+    good = runner.run(Variant("tiny-gpt2", "static", "baseline", 2, 8)).record()
+    assert good["kv_cache_allocated_bytes"] == good["kv_cache_bytes_analytic"]  # 512-byte multiples already
+    assert "allocator" not in good["note"]
+    factor["x"] = 2
+    bad = runner.run(Variant("tiny-gpt2", "static", "baseline", 4, 8)).record()
+    assert bad["kv_cache_allocated_bytes"] == 2 * bad["kv_cache_bytes_analytic"]
+    assert "static cache: the allocator handed it" in bad["note"] and "does not fit this model" in bad["note"]
+
+
+def test_without_an_allocator_count_no_allocation_is_claimed() -> None:
+    from pytest_decodeperf import Runner, Variant
+
+    rec = Runner("cpu", rounds=1, warmup=0).run(Variant("tiny-gpt2", "static", "baseline", 1, 4)).record()
+    assert rec["kv_cache_allocated_bytes"] is None and rec["generation_peak_bytes"] is None

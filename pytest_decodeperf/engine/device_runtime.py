@@ -76,6 +76,10 @@ class DeviceRuntime(Protocol):
         """Read a 0-dim device tensor on the host: blocks until the current stream has produced it."""
         ...
 
+    def allocated_bytes(self) -> int | None:
+        """Bytes the device's allocator has handed out now (None: it keeps no count, as on the host)."""
+        ...
+
 
 class HostRuntime:
     """The CPU: one synchronous stream, events are timestamps, a flag is the value itself."""
@@ -125,6 +129,9 @@ class HostRuntime:
 
     def read_device(self, value: torch.Tensor) -> bool:
         return bool(value.item())
+
+    def allocated_bytes(self) -> int | None:
+        return None  # the host allocator keeps no count
 
 
 class CudaRuntime:
@@ -179,6 +186,9 @@ class CudaRuntime:
 
     def read_device(self, value: torch.Tensor) -> bool:
         return bool(value.item())
+
+    def allocated_bytes(self) -> int | None:
+        return int(torch.cuda.memory_allocated(self.device))  # the caching allocator's host-side count: no sync
 
 
 _CUDA: dict[torch.device, CudaRuntime] = {}

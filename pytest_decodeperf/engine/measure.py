@@ -73,6 +73,14 @@ class Round:
     output: DecodeOutput
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
+    start_allocated_bytes: int | None = None  # allocated when the round began (weights, a kept cache)
+
+    @property
+    def generation_peak_bytes(self) -> int | None:
+        """The most the generation itself added over what was resident when it began."""
+        if self.peak_allocated_bytes is None or self.start_allocated_bytes is None:
+            return None
+        return self.peak_allocated_bytes - self.start_allocated_bytes
 
     @property
     def decode_steps(self) -> int:
@@ -126,6 +134,12 @@ class Measurement:
             return 0.0
         q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
         return 100.0 * (q3 - q1) / statistics.median(values)
+
+    @property
+    def generation_peak_bytes(self) -> int | None:
+        """CUDA: the memory round's peak over what was allocated when it began (None elsewhere)."""
+        values = [v for r in self.memory_rounds if (v := r.generation_peak_bytes) is not None]
+        return max(values) if values else None
 
     def peak(self, attr: str) -> int | None:
         values = [getattr(r, attr) for r in [*self.memory_rounds, *self.rounds] if getattr(r, attr) is not None]
@@ -198,10 +212,11 @@ def _measure(
             # the cache before timed rounds would time cudaMalloc calls instead of decoding.
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
+            start = int(torch.cuda.memory_allocated(device))
             clock.start()
             out = run_once(clock)
             clock.stop()
-            rnd = Round(0.0, None, out)
+            rnd = Round(0.0, None, out, start_allocated_bytes=start)
             rnd.peak_allocated_bytes = int(torch.cuda.max_memory_allocated(device))
             rnd.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(device))
             memory.append(rnd)

@@ -29,7 +29,8 @@ class Roofline:
     step: StepBytes | None  # None: the config's KV layout is unknown to the analytic model (see note)
     bandwidth: float  # bytes/s, the device's measured copy bandwidth
     kv_cache_bytes: int | None = None  # static cache: its tensors' nbytes after the run
-    kv_cache_bytes_analytic: int | None = None
+    kv_cache_bytes_analytic: int | None = None  # a static cache of the variant's length, from the config
+    kv_cache_allocated_bytes: int | None = None  # CUDA, static: what the allocator handed the cache
     note: str = ""
 
     def fields(self, ms_per_step: float) -> dict[str, Any]:
@@ -43,6 +44,7 @@ class Roofline:
             "times_floor": None,
             "kv_cache_bytes": self.kv_cache_bytes,
             "kv_cache_bytes_analytic": self.kv_cache_bytes_analytic,
+            "kv_cache_allocated_bytes": self.kv_cache_allocated_bytes,
         }
         if self.step is not None:
             out["floor_ms_per_step"] = self.step.total / self.bandwidth * 1e3
@@ -137,6 +139,8 @@ class VariantResult:
             times_floor=roof["times_floor"],
             kv_cache_bytes=roof["kv_cache_bytes"],
             kv_cache_bytes_analytic=roof["kv_cache_bytes_analytic"],
+            kv_cache_allocated_bytes=roof["kv_cache_allocated_bytes"],
+            generation_peak_bytes=m.generation_peak_bytes,
             canary_ms=None,
         )
 
@@ -150,4 +154,5 @@ ROOFLINE_FIELDS = (
     "times_floor",
     "kv_cache_bytes",
     "kv_cache_bytes_analytic",
+    "kv_cache_allocated_bytes",
 )

@@ -10,17 +10,19 @@ import gc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedModel
 
 from ..errors import DecodePerfError
 from .caches import CacheSlot, cache_keyword, get_cache
+from .device_runtime import runtime_for
 from .hf_generate import hf_generate
 from .hidden_syncs import accepts_causal_mask, no_padding_check
+from .kv_memory import AllocationWatch
 from .loop import DecodeOutput, generate
-from .measure import Clock, measure
+from .measure import Clock, Measurement, measure
 from .models import build_model, load_tokenizer
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
@@ -88,6 +90,7 @@ class Runner:
         self._last_compiled: weakref.ref[PreTrainedModel] | None = None
         self._bandwidth: float | None = None
         self._last_slot: CacheSlot | None = None
+        self._last_watch: AllocationWatch | None = None
 
     @property
     def measured_bandwidth(self) -> float | None:
@@ -101,8 +104,15 @@ class Runner:
             self._bandwidth = measure_bandwidth(self.device, nbytes=size, repeats=5)
         return self._bandwidth
 
-    def roofline(self, model: PreTrainedModel, variant: Variant, output: DecodeOutput) -> Roofline:
-        """Bytes per decode step of ``variant`` on ``model``, and the static cache's size checked against them."""
+    def roofline(
+        self, model: PreTrainedModel, variant: Variant, output: DecodeOutput, measurement: Measurement | None = None
+    ) -> Roofline:
+        """Bytes per decode step of ``variant`` on ``model``, and the KV cache's memory checked against its size.
+
+        Static cache: its tensors' nbytes, and on CUDA what the allocator handed it (``kv_memory.py``),
+        against the config's analytic size; a mismatch is the variant's note. Dynamic cache on CUDA:
+        the generation's peak over what was resident, reported beside a static cache's size.
+        """
         bandwidth = self.bandwidth()
         max_len = variant.prompt_len + variant.new_tokens
         try:
@@ -117,14 +127,28 @@ class Runner:
         except ValueError as exc:
             return Roofline(None, bandwidth, note=f"no roofline: {exc}")
         roof = Roofline(step, bandwidth, note=step.note if variant.cache == "none" else "")
+        try:
+            expected = static_cache_bytes(model.config, model.dtype, variant.batch_size, max_len)
+        except ValueError:
+            return roof
         slot = self._last_slot
         kept = slot.kept if slot is not None and variant.cache == "static" and not variant.is_hf else None
         if kept is None:
+            peak = measurement.generation_peak_bytes if measurement is not None else None
+            if variant.cache == "dynamic" and peak is not None:
+                note = (
+                    f"dynamic cache, b{variant.batch_size}: the generation peaked {peak / MIB:,.2f} MiB over what was "
+                    f"resident; a static cache of its {max_len} positions takes {expected / MIB:,.2f} MiB"
+                )
+                return replace(roof, kv_cache_bytes_analytic=expected, note=note)
             return roof
         actual = cache_tensor_bytes(kept)
-        expected = static_cache_bytes(model.config, model.dtype, variant.batch_size, max_len)
-        note = "" if actual == expected else f"static cache holds {actual:,} bytes, its config says {expected:,}"
-        return Roofline(step, bandwidth, actual, expected, note)
+        notes = [f"static cache holds {actual:,} bytes, its config says {expected:,}"] if actual != expected else []
+        allocation = self._last_watch.result(expected) if self._last_watch is not None else None
+        if allocation is not None and not allocation.matches:
+            notes.append(allocation.note())
+        allocated = allocation.allocated if allocation is not None else None
+        return Roofline(step, bandwidth, actual, expected, allocated, "; ".join(notes))
 
     def model(self, name: str, dtype: str = "float32") -> PreTrainedModel:
         key = (name, dtype)
@@ -195,6 +219,11 @@ class Runner:
         target = self._callable(model, variant)
         slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
         self._last_slot = slot
+        self._last_watch = None
+        allocated = runtime_for(self.device).allocated_bytes
+        if slot.kept is not None and allocated() is not None:
+            # what the allocator hands the static cache when its layers initialise (first generation)
+            self._last_watch = AllocationWatch(cast(Callable[[], int], allocated)).watch(slot.kept)
         if variant.compile and slot.kept is not None:
             # Initialise the preallocated cache eagerly, before the compiled model first sees it:
             # inside a trace its lazy initialisation skips mark_static_address, and CUDA graphs
@@ -373,8 +402,8 @@ class Runner:
         except torch.OutOfMemoryError:
             self.release()
             raise
-        roofline = self.roofline(model, variant, measurement.last)
-        self._last_slot = None  # it holds the model: a runner keeps no model alive past its run
+        roofline = self.roofline(model, variant, measurement.last, measurement)
+        self._last_slot = self._last_watch = None  # they hold the model: a runner keeps no model alive past its run
         syncs = self.count_syncs(model, variant, workload, max_syncs_per_step)
         generated = measurement.last.generated.cpu()
         report: ParityReport | None = None
