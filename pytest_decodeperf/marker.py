@@ -134,6 +134,15 @@ def parse_marker(
         raise DecodePerfError(f"decode_perf max_syncs_per_step must be None or an integer >= 0, got {budget!r}")
     dtypes = tuple(check_choice("dtype", d, DTYPES) for d in _seq(dtype if dtype is not None else a["dtype"]))
     kind = check_choice("prompts", a["prompts"], PROMPTS)
+    if kind == "text" and not custom_model:
+        from .engine.models import is_checkpoint
+
+        zoo = [m for m in models if not is_checkpoint(m)]
+        if zoo:
+            raise DecodePerfError(
+                f"decode_perf prompts='text' needs a checkpoint with its tokenizer; {zoo[0]!r} is a zoo model "
+                "(random weights, no tokenizer): name a checkpoint directory in models= or --decodeperf-model-path"
+            )
     lens = prompt_lens if prompt_lens is not None else a["prompt_lens"]
     lens_given = _seq(lens) if lens is not None else tuple(default_prompt_lens)
     prompt_points = prompt_axis(tuple(check_prompt_len(n) for n in lens_given), kind, default_prompt_lens)

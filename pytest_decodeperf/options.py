@@ -316,8 +316,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "benchmark-table",
-        "also print pytest-benchmark's own tables (by default only the decode perf table is printed; "
-        "pytest-benchmark still gets every round for --benchmark-json/--benchmark-autosave)",
+        "also print pytest-benchmark's own tables (by default only the decode perf table is printed, as with "
+        "--benchmark-quiet: --benchmark-json/-autosave/-compare-fail still work; --benchmark-histogram prints them)",
         _bool,
         False,
         flag=True,

@@ -188,8 +188,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = _session(config).settings
     bs = getattr(config, "_benchmarksession", None)
     feeds_benchmark = settings.enabled and bs is not None and not bs.disabled and _ab(config) is None
-    if feeds_benchmark and bs is not None and not settings.benchmark_table:
-        bs.display = _no_table  # its table repeats ours in other units; its saving and comparing stay on
+    if feeds_benchmark and bs is not None and not settings.benchmark_table and not bs.histogram:
+        # Its table repeats ours in other units: its own --benchmark-quiet, which keeps its saving and
+        # its --benchmark-compare-fail check (display() runs check_regressions either way).
+        bs.quiet = True
     _check_model_names(config, settings, items)
     keep: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
@@ -207,10 +209,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = keep
-
-
-def _no_table(terminalreporter: Any) -> None:
-    """pytest-benchmark's table, not shown unless --decodeperf-benchmark-table asks for it."""
 
 
 def _check_model_names(config: pytest.Config, settings: Settings, items: list[pytest.Item]) -> None:

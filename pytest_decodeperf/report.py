@@ -9,7 +9,9 @@ the same group, measured in the same run.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from .records import ResultRecord
 
@@ -60,10 +62,33 @@ def group_key(rec: ResultRecord) -> tuple[object, ...]:
     )
 
 
+def model_label(model: str) -> str:
+    """A checkpoint directory by its name (as in the test ids), anything else as it is."""
+    return Path(model).resolve().name if ("/" in model or os.sep in model) and os.path.isdir(model) else model
+
+
 def prompt_label(rec: ResultRecord) -> str:
     """``16``, or ``16 mixed`` / ``16 text`` for left-padded rows up to 16 tokens (older records: 4)."""
     kind = rec.get("prompts", "random")
     return str(rec.get("prompt_len", 4)) + ("" if kind == "random" else f" {kind}")
+
+
+def dynamic_peaks(records: Sequence[ResultRecord]) -> list[str]:
+    """One line: a dynamic cache's generation peak (CUDA) over what a static cache of its length takes."""
+    ratios = [
+        peak / static
+        for r in records
+        if r["cache"] == "dynamic"
+        and (peak := r.get("generation_peak_bytes"))
+        and (static := r.get("kv_cache_bytes_analytic"))
+    ]
+    if not ratios:
+        return []
+    return [
+        f"dynamic cache: the generation's peak over what was resident is {min(ratios):.2f}x to {max(ratios):.2f}x "
+        "a static cache of the same length (activations and torch.cat's copies included; generation_peak_bytes "
+        "and kv_cache_bytes_analytic in the JSON)"
+    ]
 
 
 PROMPT_ORDER = ("random", "mixed", "text")
@@ -152,7 +177,8 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     shaky = {group_key(r) for r in rows if r["stream"] == "baseline" and r.get("unstable")}
     for rec, speed in zip(rows, speedups(rows), strict=True):
         doubt = "?" if rec.get("unstable") or group_key(rec) in shaky else ""
-        model = rec["model"] + (" (compiled)" if rec["compile"] else "")
+        model = model_label(rec["model"]) + (" (compiled)" if rec["compile"] else "")
+        model += f" {rec['dtype']}" if rec["dtype"] != "float32" else ""
         steps = str(rec["steps"]) + (f" (+{rec['extra_steps']})" if rec["extra_steps"] else "")
         cells.append(
             [
@@ -210,6 +236,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             "so it can read below baseline; its ms/token is the per-step bound without a stop check"
         )
     out += [f"note: {line}" for line in prefill_by_prompt(rows)]
+    out += [f"note: {line}" for line in dynamic_peaks(rows)]
     out.append("note: '-' = not measured here (no decode step, not counted under torch.compile, or no baseline)")
     unstable = [r for r in rows if r.get("unstable")]
     if unstable:

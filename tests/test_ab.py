@@ -199,3 +199,25 @@ def test_a_ref_side_that_imports_the_checkouts_code_is_refused_in_one_line(
         ["ERROR: pytest-decodeperf: side A (REF HEAD): it imported the checkout's code, not REF's: mymodels (*"]
     )
     assert len(worktrees(repo)) == 1
+
+
+def test_options_that_change_the_variants_reach_both_workers(tmp_path: Path) -> None:
+    """--decodeperf-prompt-lens/-dtype/-model-path reshape the matrix: a worker without them would expand
+    other variants than the controller pairs (the model path made absolute: workers run in other trees)."""
+    from dataclasses import fields, replace
+    from types import SimpleNamespace
+
+    from pytest_decodeperf.ab.session import ABSession
+    from pytest_decodeperf.options import Settings
+
+    blank = Settings(**{f.name: None for f in fields(Settings)})
+    session = object.__new__(ABSession)
+    session.settings = replace(blank, warmup=1, prompt_lens=(16, "mixed"), dtype="bfloat16", model_path="ckpt")
+    session.device = "cpu"
+    config = SimpleNamespace(
+        invocation_params=SimpleNamespace(args=()), pluginmanager=SimpleNamespace(hasplugin=lambda name: False)
+    )
+    args = session._worker_args(config, ["test_x.py"])  # type: ignore[arg-type]
+    assert "--decodeperf-prompt-lens=16,mixed" in args and "--decodeperf-dtype=bfloat16" in args
+    assert f"--decodeperf-model-path={Path('ckpt').resolve()}" in args
+    assert args[-1] == "test_x.py"

@@ -190,7 +190,7 @@ def test_left_padded_mixed_prompts_match_generate_with_the_same_mask(runner: Run
     model = build(name, BUILDERS[name])
     failures = []
     for cache in ("none", "dynamic", "static"):
-        for stream in ("baseline", "pipelined", *(("hf-generate",) if cache != "none" else ())):
+        for stream in ("baseline", "pipelined", "deferred", "nostop", *(("hf-generate",) if cache != "none" else ())):
             variant = Variant(name, cache, stream, 4, NEW, prompt_len=16, prompts="mixed")
             result = runner.run(variant, model)
             assert result.workload.prompt_lengths == (16, 12, 8, 4)

@@ -467,3 +467,22 @@ def test_asv_compare_run_and_publish_read_what_is_written(repo: tuple[Path, list
     flagged = {entry[0] for entry in regressions}
     assert f"{DECODE}('tiny-gpt2', 'static', 'baseline', 1)" in flagged, regressions
     assert all(name.startswith("decodeperf.") for name in flagged)
+
+
+def test_a_history_from_before_the_prompt_axis_grows_it_instead_of_mixing_lengths(
+    repo: tuple[Path, list[str]],
+) -> None:
+    """Sidecars written before prompt_len existed hold 4-token numbers: a run at 16 tokens must get its own line."""
+    rdir = results_dir(repo)
+    write(repo, 0, [make_record()])
+    for sidecar in rdir.glob("*/decodeperf-benchmarks.sidecar"):
+        data = json.loads(sidecar.read_text())
+        for bench in data["benchmarks"].values():  # as an older version wrote it
+            bench["constants"].pop("prompt_len", None)
+            bench["constants"].pop("prompts", None)
+        sidecar.write_text(json.dumps(data))
+    longer = make_record(ms=3.0)
+    longer["prompt_len"] = 16
+    write(repo, 1, [longer])
+    entry = json.loads((rdir / "benchmarks.json").read_text())[DECODE]
+    assert entry["param_names"][-1] == "prompt_len" and entry["params"][-1] == ["4", "16"]

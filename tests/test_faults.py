@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import socket
@@ -85,16 +86,25 @@ def test_a_stop_policy_that_reads_the_wrong_step_is_caught_by_the_parity_gate(py
 
 
 def test_the_package_never_loads_pickles_remote_code_or_the_network() -> None:
+    """Every module: no pickle, no remote code, no network; the one loader (a user's checkpoint) reads local files."""
     forbidden = re.compile(
-        r"torch\.load|pickle|trust_remote_code\s*=\s*True|from_pretrained|urllib|requests|http\.client|snapshot_download"
+        r"torch\.load|pickle\.|import pickle|trust_remote_code\s*=\s*True|urllib|requests|http\.client"
+        r"|snapshot_download|hf_hub"
     )
     hits = [
         f"{path.name}:{n}: {line.strip()}"
-        for path in PACKAGE.glob("*.py")
+        for path in PACKAGE.rglob("*.py")
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if forbidden.search(line)
     ]
     assert hits == []
+    loads = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "from_pretrained":
+                given = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                loads.append((path.name, node.lineno, given.get("local_files_only"), given.get("trust_remote_code")))
+    assert loads and all(local is True and remote is False for _, _, local, remote in loads), loads
 
 
 def test_a_whole_variant_runs_with_the_network_cut(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -573,6 +573,7 @@ def test_pytest_benchmark_gets_the_measured_rounds_without_a_second_decode(
         "--decodeperf-rounds=3", "--benchmark-json=bench.json", "--decodeperf-json=out.json", benchmark=True
     )
     result.assert_outcomes(passed=2)
+    assert "Name (time in" not in result.stdout.str()  # its table repeats ours: only on request
     records = {r["test"].split("::")[-1]: r for r in read_json(pytester.path / "out.json")["results"]}
     benchmarks = read_json(pytester.path / "bench.json")["benchmarks"]
     assert sorted(b["name"] for b in benchmarks) == sorted(records)
@@ -589,6 +590,18 @@ def test_pytest_benchmark_gets_the_measured_rounds_without_a_second_decode(
     # pytest-benchmark.
     forward_calls = int((pytester.path / "forward_calls.txt").read_text())
     assert forward_calls == sum((r["rounds"] + 2) * r["steps"] + 4 for r in records.values())
+
+
+def test_pytest_benchmarks_table_is_printed_on_request_and_its_checks_always_run(
+    pytester: pytest.Pytester, run_decodeperf: Run
+) -> None:
+    pytester.makepyfile(test_one=ONE_TEST)
+    result = run_decodeperf("--decodeperf-benchmark-table", benchmark=True)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*decode perf*", "*Name (time in *"])
+    # quiet by default, yet its regression check still runs: a compare-fail without a compare is its usage error
+    result = run_decodeperf("--benchmark-compare-fail=min:5%", benchmark=True)
+    assert "--benchmark-compare-fail requires valid --benchmark-compare" in result.stdout.str() + result.stderr.str()
 
 
 def test_benchmark_only_runs_the_decode_perf_items(pytester: pytest.Pytester, run_decodeperf: Run) -> None:

@@ -39,13 +39,15 @@ def test_the_ready_mask_is_transformers_own_mask_from_the_same_padding() -> None
     _, mask = left_pad([[5, 6, 7, 8], [9, 10], [11, 12, 13]], pad_id=0)
     total = 7
     batch = PaddedBatch(mask, total, total, ready=True, dtype=torch.float32, positions=True)
-    assert batch.additive is not None
+    ours = batch.forward_kwargs(0, total, total)["attention_mask"]
     theirs = sdpa_mask(
         batch_size=3, q_length=total, kv_length=total, attention_mask=batch.mask2d.bool(), allow_is_causal_skip=False
     )
     assert theirs is not None
     real = batch.mask2d.bool()[:, :, None]  # rows of padding queries attend to nothing in ours: no output is read
-    assert torch.equal((batch.additive == 0)[:, 0] & real, theirs[:, 0] & real)
+    assert torch.equal((ours == 0)[:, 0] & real, theirs[:, 0] & real)
+    # each step's row is that row of the whole mask: one query, every key seen so far
+    assert torch.equal(batch.forward_kwargs(5, 6, 6)["attention_mask"], ours[:, :, 5:6, :6])
     # generate()'s positions: counted from each row's first real token
     assert batch.positions is not None
     assert batch.positions[1].tolist() == [0, 0, 0, 1, 2, 3, 4]
@@ -77,16 +79,21 @@ def test_dropping_the_mask_breaks_parity_with_generate(
 # --- saved checkpoints and text prompts ----------------------------------------------------
 
 
-def train_tokenizer(vocab: int = 300) -> PreTrainedTokenizerFast:
-    """A BPE tokenizer trained on the shipped corpus, on the fly (no hub)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def train_tokenizer(vocab: int = 300, bos: bool = False) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained on the shipped corpus, on the fly (no hub); ``bos``: it puts <bos> before a text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()  # type: ignore[assignment]
-    tok.train_from_iterator(
-        corpus_lines(), trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<pad>", "<eos>", "<unk>"])
+    specials = ["<pad>", "<eos>", "<unk>", "<bos>"]
+    tok.train_from_iterator(corpus_lines(), trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials))
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(  # type: ignore[assignment]
+            single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", bos_token="<bos>"
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 def save_checkpoint(path: Path, vocab: int = VOCAB, tokenizer: bool = True) -> Path:
@@ -123,10 +130,21 @@ def test_a_saved_checkpoint_decodes_text_prompts_from_its_own_tokenizer(checkpoi
     result = runner.run(variant)
     assert result.parity is not None and result.parity.ok, str(result.parity)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint)
-    first = tokenizer.encode(corpus_lines()[0] + "\n")[:12]
+    first = tokenizer.encode(corpus_lines()[0] + "\n", add_special_tokens=False)[:12]
     assert result.workload.prompts[0].tolist() == first  # row 0: the corpus's first line, cut at 12 tokens
     assert result.workload.prompt_lengths == (12, 3)
     assert result.record()["prompts"] == "text" and result.record()["prompt_lengths"] == [12, 3]
+
+
+def test_a_tokenizers_bos_starts_a_text_prompt_once(tiny_model: PreTrainedModel) -> None:
+    """A Llama-style tokenizer adds <bos> to every text it encodes: once per prompt, not before every line."""
+    tokenizer = train_tokenizer(bos=True)
+    bos = tokenizer.bos_token_id
+    w = make_workload(tiny_model, 2, 4, "none", prompt_len=64, prompts="text", tokenizer=tokenizer)
+    assert w.attention_mask is not None
+    for row, mask in zip(w.prompts.tolist(), w.attention_mask.tolist(), strict=True):
+        real = [t for t, m in zip(row, mask, strict=True) if m]
+        assert real[0] == bos and bos not in real[1:]
 
 
 def test_a_checkpoint_loads_in_the_dtype_asked_for(checkpoint: Path) -> None:
@@ -165,6 +183,22 @@ def test_text_prompts_need_a_tokenizer_beside_the_checkpoint(tmp_path: Path, tin
     bare = save_checkpoint(tmp_path / "bare", tokenizer=False)
     with pytest.raises(DecodePerfError, match=r"needs a tokenizer"):
         Runner("cpu").run(Variant(str(bare), prompts="text", new_tokens=4))
+
+
+def test_text_prompts_on_a_zoo_model_fail_at_collection() -> None:
+    from pytest_decodeperf.marker import parse_marker
+
+    with pytest.raises(DecodePerfError, match=r"prompts='text' needs a checkpoint with its tokenizer; 'tiny-gpt2' is"):
+        parse_marker((), {"prompts": "text"}, "tiny-gpt2", custom_model=False)
+
+
+def test_a_checkpoint_with_corrupt_weights_is_one_line(tmp_path: Path) -> None:
+    ckpt = save_checkpoint(tmp_path / "corrupt", tokenizer=False)
+    (weights,) = ckpt.glob("*.safetensors")
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(DecodePerfError, match=r"^checkpoint .*corrupt.* does not load as a causal LM: ") as info:
+        load_checkpoint(str(ckpt))
+    assert "\n" not in str(info.value)
 
 
 def test_a_tokenizer_with_ids_past_the_vocabulary_is_one_line(tmp_path: Path) -> None:
@@ -234,7 +268,12 @@ def test_a_checkpoint_path_replaces_the_default_model_in_the_given_dtype(
         f"--decodeperf-model-path={checkpoint}", "--decodeperf-dtype=bfloat16", f"--decodeperf-json={out}", "-v"
     )
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["*test_gen?tiny-llama-text-dynamic-baseline-b2-p10text-bfloat16? PASSED*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_gen?tiny-llama-text-dynamic-baseline-b2-p10text-bfloat16? PASSED*",
+            "tiny-llama-text bfloat16  dynamic  baseline * 10 text *",  # the table: the directory's name, the dtype
+        ]
+    )
     records = json.loads(out.read_text())["results"]
     assert {(r["model"], r["dtype"], r["prompts"]) for r in records} == {(str(checkpoint), "bfloat16", "text")}
     result = run_decodeperf(f"--decodeperf-model-path={pytester.path / 'nothing'}", inprocess=True)

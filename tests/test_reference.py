@@ -106,9 +106,11 @@ def test_a_compile_that_hits_the_recompile_limit_fails_saying_so(
 
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)
     monkeypatch.setattr(runner_module, "compile_counters", counters)
+    model = gpt2()
     with pytest.raises(DecodePerfError) as caught:
-        runner.run(Variant("mine", "static", "baseline", 1, 8, compile=True), gpt2())
+        runner.run(Variant("mine", "static", "baseline", 1, 8, compile=True), model)
     assert "torch.compile hit dynamo's recompile limit while measuring" in one_line(caught)
+    assert runner._of(model).compiled == {}  # dynamo keeps a hit frame eager: the next variant compiles afresh
 
 
 def test_an_encoder_decoder_is_refused_in_one_line_by_every_mode(runner: Runner) -> None:
@@ -180,3 +182,10 @@ def test_a_divergence_is_judged_by_the_reference_logits() -> None:
         model, prompts, expected, ParityReport("v", [Divergence(0, 0, best, second, 1, 1)], (1, 1), (1, 1), "generate")
     )
     assert report.ok and "near-tie" in str(report)
+
+
+def test_a_model_in_another_dtype_than_its_variant_is_refused(runner: Runner) -> None:
+    """A decode_model override that ignores decode_variant.dtype would file its numbers under the wrong dtype."""
+    with pytest.raises(DecodePerfError) as caught:
+        runner.run(Variant("mine", "dynamic", "baseline", 1, 4, dtype="bfloat16"), gpt2())
+    assert "the model's weights are float32, but the variant says bfloat16" in one_line(caught)

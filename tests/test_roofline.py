@@ -331,19 +331,21 @@ def test_a_model_whose_kv_layout_is_unknown_still_measures_and_says_why() -> Non
 
 
 def _rounded(cache: Any) -> int:
-    """What a caching allocator with 512-byte blocks hands the cache's tensors now."""
-    from pytest_decodeperf.engine.kv_memory import ALLOCATOR_BLOCK
-
+    """What the cache's tensors ask an allocator for now (the device's count, simulated on the host)."""
     return sum(
-        -(-int(t.nbytes) // ALLOCATOR_BLOCK) * ALLOCATOR_BLOCK
+        int(t.nbytes)
         for layer in cache.layers
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+        for t in (
+            getattr(layer, "keys", None),
+            getattr(layer, "values", None),
+            getattr(layer, "cumulative_length", None),
+        )
         if isinstance(t, torch.Tensor)
     )
 
 
 def test_the_watch_sees_each_static_layer_allocate_at_its_first_update() -> None:
-    """transformers' StaticLayer allocates in lazy_initialization: the watch measures the allocator across it."""
+    """transformers' StaticLayer allocates in lazy_initialization: the watch measures the requests across it."""
     from transformers import StaticCache
 
     from pytest_decodeperf import build_model, generate, make_workload
@@ -363,7 +365,7 @@ def test_the_watch_sees_each_static_layer_allocate_at_its_first_update() -> None
     analytic = roofline.static_cache_bytes(model.config, torch.float32, 3, 10)
     check = watch.result(analytic)
     assert check is not None and check.layers == model.config.num_hidden_layers
-    assert check.allocated == _rounded(cache) and check.matches and check.note() == ""
+    assert check.matches and check.note() == "" and analytic <= check.allocated <= _rounded(cache)
     with torch.inference_mode():  # a reset cache is reused: no second allocation
         generate(model, w.prompts, 6, slot, get_stop_policy("baseline"), w.eos_ids, w.pad_id)
     assert watch.result(analytic) == check
@@ -381,14 +383,14 @@ def test_a_static_cache_taking_more_than_its_config_says_is_a_note(monkeypatch: 
         slot = runner._last_slot
         return factor["x"] * _rounded(slot.kept) if slot is not None and slot.kept is not None else 0
 
-    monkeypatch.setattr(HostRuntime, "allocated_bytes", allocated)
+    monkeypatch.setattr(HostRuntime, "requested_bytes", allocated)
     good = runner.run(Variant("tiny-gpt2", "static", "baseline", 2, 8)).record()
-    assert good["kv_cache_allocated_bytes"] == good["kv_cache_bytes_analytic"]  # 512-byte multiples already
+    assert good["kv_cache_bytes_analytic"] <= good["kv_cache_allocated_bytes"] <= good["kv_cache_bytes_analytic"] + 4096
     assert "allocator" not in good["note"]
     factor["x"] = 2
     bad = runner.run(Variant("tiny-gpt2", "static", "baseline", 4, 8)).record()
-    assert bad["kv_cache_allocated_bytes"] == 2 * bad["kv_cache_bytes_analytic"]
-    assert "static cache: the allocator handed it" in bad["note"] and "does not fit this model" in bad["note"]
+    assert bad["kv_cache_allocated_bytes"] >= 2 * bad["kv_cache_bytes_analytic"]
+    assert "static cache: it asked the allocator for" in bad["note"] and "does not fit this model" in bad["note"]
 
 
 def test_without_an_allocator_count_no_allocation_is_claimed() -> None:
@@ -396,3 +398,13 @@ def test_without_an_allocator_count_no_allocation_is_claimed() -> None:
 
     rec = Runner("cpu", rounds=1, warmup=0).run(Variant("tiny-gpt2", "static", "baseline", 1, 4)).record()
     assert rec["kv_cache_allocated_bytes"] is None and rec["generation_peak_bytes"] is None
+
+
+def test_a_dynamic_caches_generation_peak_is_summarised_against_a_static_caches_size() -> None:
+    from pytest_decodeperf import Runner, Variant
+    from pytest_decodeperf.report import render_table
+
+    rec = Runner("cpu", rounds=1, warmup=0).run(Variant("tiny-gpt2", "dynamic", "baseline", 1, 4)).record()
+    assert "generation's peak" not in render_table([rec])  # no CUDA memory round: nothing claimed
+    rec["generation_peak_bytes"], rec["kv_cache_bytes_analytic"] = 3 * 1024, 1024
+    assert "peak over what was resident is 3.00x to 3.00x a static cache" in render_table([rec])

@@ -7,6 +7,7 @@ plugin stays a thin layer and loads nothing heavy when the option is not given.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,13 @@ class ABSession:
             args.append(f"--decodeperf-threads={s.threads}")
         if s.new_tokens is not None:
             args.append(f"--decodeperf-new-tokens={s.new_tokens}")
+        # options that change the variants themselves: both sides must expand the same matrix
+        if s.prompt_lens is not None:
+            args.append("--decodeperf-prompt-lens=" + ",".join(str(n) for n in s.prompt_lens))
+        if s.dtype is not None:
+            args.append(f"--decodeperf-dtype={s.dtype}")
+        if s.model_path is not None:  # workers run in other trees: the path must not be relative
+            args.append(f"--decodeperf-model-path={os.path.abspath(s.model_path)}")
         if config.pluginmanager.hasplugin("xdist"):
             args += ["-p", "no:xdist"]  # one process per side, never several at once
         if config.pluginmanager.hasplugin("benchmark"):

@@ -76,8 +76,8 @@ class DeviceRuntime(Protocol):
         """Read a 0-dim device tensor on the host: blocks until the current stream has produced it."""
         ...
 
-    def allocated_bytes(self) -> int | None:
-        """Bytes the device's allocator has handed out now (None: it keeps no count, as on the host)."""
+    def requested_bytes(self) -> int | None:
+        """Bytes live tensors on the device asked its allocator for, before its rounding (None: no count)."""
         ...
 
 
@@ -130,7 +130,7 @@ class HostRuntime:
     def read_device(self, value: torch.Tensor) -> bool:
         return bool(value.item())
 
-    def allocated_bytes(self) -> int | None:
+    def requested_bytes(self) -> int | None:
         return None  # the host allocator keeps no count
 
 
@@ -187,8 +187,11 @@ class CudaRuntime:
     def read_device(self, value: torch.Tensor) -> bool:
         return bool(value.item())
 
-    def allocated_bytes(self) -> int | None:
-        return int(torch.cuda.memory_allocated(self.device))  # the caching allocator's host-side count: no sync
+    def requested_bytes(self) -> int | None:
+        # The caching allocator's host-side count (no sync). Not memory_allocated: that counts whole
+        # blocks, and a block over 1 MiB is rounded to 2 MiB and handed out unsplit within 1 MiB.
+        value = torch.cuda.memory_stats(self.device).get("requested_bytes.all.current")
+        return int(value) if value is not None else None
 
 
 _CUDA: dict[torch.device, CudaRuntime] = {}

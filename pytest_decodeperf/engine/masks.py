@@ -46,8 +46,12 @@ class PaddedBatch:
     """Masks and positions of one left-padded generation of ``total`` positions.
 
     ``prompt_mask`` [B, P]: 1 for a real prompt token, 0 for padding. ``kv_total``: the key length
-    of a preallocated cache (its ``max_cache_len``), else ``total``. ``ready``: build the 4-D
-    additive mask; else forwards get the 2-D mask. ``positions``: the model takes ``position_ids``.
+    of a preallocated cache (its ``max_cache_len``), else ``total``. ``ready``: give forwards a 4-D
+    additive mask; else the 2-D one. ``positions``: the model takes ``position_ids``.
+
+    Made once per generation: the [B, T] padding mask and positions. A forward's 4-D mask is built
+    for its own queries only ([B, 1, q, kv]: the prompt's at prefill, one row a decode step), as
+    transformers builds its own: never the whole [B, 1, T, T], which grows with the square of the length.
     """
 
     def __init__(
@@ -66,24 +70,30 @@ class PaddedBatch:
         self.mask2d = seen
         # generate(): cumsum - 1, pads at 0 (their outputs are never attended to)
         self.positions = (seen.cumsum(-1) - 1).masked_fill(seen == 0, 0) if positions else None  # [B, T]
-        self.additive: torch.Tensor | None = None
+        self.dtype = dtype
+        self.keys: torch.Tensor | None = None  # [B, KV]: which key positions are real tokens
         if ready:
-            width = max(kv_total, total)
-            keys = torch.zeros(batch, width, dtype=torch.bool, device=device)
+            keys = torch.zeros(batch, max(kv_total, total), dtype=torch.bool, device=device)
             keys[:, :total] = seen.bool()
-            q = torch.arange(total, device=device)
-            k = torch.arange(width, device=device)
-            allowed = (k[None, :] <= q[:, None])[None] & keys[:, None, :]  # [B, T, KV]
-            mask = torch.zeros(batch, 1, total, width, dtype=dtype, device=device)
-            self.additive = mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, T, KV]
+            self.keys = keys
+
+    def ready_mask(self, start: int, end: int, kv_length: int) -> torch.Tensor:
+        """The 4-D additive mask [B, 1, end - start, kv_length] of queries [start, end): causal and unpadded."""
+        assert self.keys is not None
+        device = self.keys.device
+        q = torch.arange(start, end, device=device)  # a kernel with host scalars: no copy, no read
+        k = torch.arange(kv_length, device=device)
+        allowed = (k[None, :] <= q[:, None])[None] & self.keys[:, None, :kv_length]  # [B, q, KV]
+        mask = torch.zeros(allowed.shape[0], 1, end - start, kv_length, dtype=self.dtype, device=device)
+        return mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
 
     def forward_kwargs(self, start: int, end: int, kv_length: int) -> dict[str, Any]:
         """Keyword arguments of a forward over positions [start, end) with ``kv_length`` keys."""
         out: dict[str, Any] = {}
         if self.positions is not None:
             out["position_ids"] = self.positions[:, start:end]
-        if self.additive is not None:
-            out["attention_mask"] = self.additive[:, :, start:end, :kv_length]
+        if self.keys is not None:
+            out["attention_mask"] = self.ready_mask(start, end, kv_length)
         else:
             out["attention_mask"] = self.mask2d[:, :end]  # as generate() passes it: every token seen so far
         return out

@@ -124,8 +124,9 @@ def is_checkpoint(name: str) -> bool:
 
 
 def model_label(name: str) -> str:
-    """How a model shows in ids and tables: a zoo name as is, a checkpoint path by its directory name."""
-    if name in MODELS or ("/" not in name and os.sep not in name):
+    """How a model shows in ids and tables: a checkpoint directory by its name, anything else (a zoo name,
+    a ``decode_model`` label such as ``org/model``) as it is."""
+    if not is_checkpoint(name):
         return name
     return Path(name).expanduser().resolve().name or name
 
@@ -139,7 +140,7 @@ def check_model_name(name: str) -> str:
     return check_choice("model", name, MODELS)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def load_checkpoint(
@@ -156,7 +157,7 @@ def load_checkpoint(
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), local_files_only=True, trust_remote_code=False, dtype=resolve_dtype(dtype)
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # the loader's many failures (corrupt weights, a missing tokenizer library): one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DecodePerfError(f"checkpoint {str(directory)!r} does not load as a causal LM: {first}") from None
     cast(Any, model).to(device=torch.device(device))
@@ -173,7 +174,7 @@ def load_tokenizer(path: str) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # the loader's many failures (corrupt weights, a missing tokenizer library): one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DecodePerfError(f"the tokenizer beside {str(directory)!r} does not load: {first}") from None
 

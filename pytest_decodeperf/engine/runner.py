@@ -136,11 +136,8 @@ class Runner:
         if kept is None:
             peak = measurement.generation_peak_bytes if measurement is not None else None
             if variant.cache == "dynamic" and peak is not None:
-                note = (
-                    f"dynamic cache, b{variant.batch_size}: the generation peaked {peak / MIB:,.2f} MiB over what was "
-                    f"resident; a static cache of its {max_len} positions takes {expected / MIB:,.2f} MiB"
-                )
-                return replace(roof, kv_cache_bytes_analytic=expected, note=note)
+                # the generation's peak (record: generation_peak_bytes) beside a static cache of its length
+                return replace(roof, kv_cache_bytes_analytic=expected)
             return roof
         actual = cache_tensor_bytes(kept)
         notes = [f"static cache holds {actual:,} bytes, its config says {expected:,}"] if actual != expected else []
@@ -220,10 +217,10 @@ class Runner:
         slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
         self._last_slot = slot
         self._last_watch = None
-        allocated = runtime_for(self.device).allocated_bytes
-        if slot.kept is not None and allocated() is not None:
-            # what the allocator hands the static cache when its layers initialise (first generation)
-            self._last_watch = AllocationWatch(cast(Callable[[], int], allocated)).watch(slot.kept)
+        requested = runtime_for(self.device).requested_bytes
+        if slot.kept is not None and requested() is not None:
+            # what the static cache's layers ask the allocator for when they initialise (first generation)
+            self._last_watch = AllocationWatch(cast(Callable[[], int], requested)).watch(slot.kept)
         if variant.compile and slot.kept is not None:
             # Initialise the preallocated cache eagerly, before the compiled model first sees it:
             # inside a trace its lazy initialisation skips mark_static_address, and CUDA graphs
@@ -360,6 +357,13 @@ class Runner:
     ) -> VariantResult:
         variant.validate(self.device)
         model = model if model is not None else self.model(variant.model, variant.dtype)
+        actual = str(model.dtype).removeprefix("torch.")
+        if actual != variant.dtype:
+            raise DecodePerfError(
+                f"{variant.id}: the model's weights are {actual}, but the variant says {variant.dtype}: its numbers "
+                "would be filed under the wrong dtype; build the model in decode_variant.dtype "
+                f"(or set dtype={actual!r})"
+            )
         refusal = loop_refusal(model)
         if refusal is not None and (not variant.is_hf or getattr(model.config, "is_encoder_decoder", False)):
             hint = "" if variant.is_hf else "; its generate() stream modes (hf-generate) may still run it"
@@ -383,6 +387,10 @@ class Runner:
                 measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
                 since = self._of(model).graphs_before.get(variant.compile)
                 if measurement.compile_stats.get("recompile_limit_hits", 0) > 0:
+                    # Dynamo keeps the frame eager for good once the limit is hit: the wrapper is dropped and
+                    # dynamo reset, so the next variant compiles afresh instead of inheriting an eager frame.
+                    self._of(model).compiled.pop(variant.compile, None)
+                    torch._dynamo.reset()
                     raise DecodePerfError(
                         f"{variant.id}: torch.compile hit dynamo's recompile limit while measuring: from there on the "
                         "frame ran eager, so this would be a partly eager figure under a compiled label (raise "

@@ -237,5 +237,5 @@ class SimRuntime:
     def read_device(self, value: torch.Tensor) -> bool:
         return bool(value.item())  # watched: waits for the current stream first
 
-    def allocated_bytes(self) -> int | None:
+    def requested_bytes(self) -> int | None:
         return None  # the simulation runs on host memory: no device allocator to count

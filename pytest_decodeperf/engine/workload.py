@@ -99,17 +99,28 @@ def corpus_lines() -> list[str]:
     return [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text``: a transformers tokenizer (``encode`` gives ids) or a ``tokenizers.Tokenizer``."""
-    out = tokenizer.encode(text)
+def encode(tokenizer: Any, text: str, special: bool = False) -> list[int]:
+    """Token ids of ``text``: a transformers tokenizer (``encode`` gives ids) or a ``tokenizers.Tokenizer``;
+    ``special``: with the tokens the tokenizer adds around a text (BOS, EOS)."""
+    out = tokenizer.encode(text, add_special_tokens=special)
     return [int(i) for i in (out.ids if hasattr(out, "ids") else out)]
+
+
+def leading_specials(tokenizer: Any, text: str) -> list[int]:
+    """What the tokenizer puts before a text (a BOS): a prompt starts with it once, not before every line."""
+    full, plain = encode(tokenizer, text, special=True), encode(tokenizer, text)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
 
 
 def text_prompts(
     model: PreTrainedModel, tokenizer: Any, batch_size: int, prompt_len: int, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real text as prompts: row r is corpus lines from line 3r on, tokenized and cut at its target
-    length (``mixed_lengths``: the first row prompt_len tokens, the last a quarter of it), left padded."""
+    """Real text as prompts: row r is corpus lines from line 3r on, tokenized (the tokenizer's BOS once at
+    the start, no special token between lines) and cut at its target length (``mixed_lengths``: the first
+    row prompt_len tokens, the last a quarter of it), left padded."""
     name = type(model).__name__
     if tokenizer is None:
         raise DecodePerfError(
@@ -119,8 +130,9 @@ def text_prompts(
     lines = corpus_lines()
     vocab = vocab_size(model)
     rows: list[list[int]] = []
+    start = leading_specials(tokenizer, lines[0])
     for row, target in enumerate(mixed_lengths(batch_size, prompt_len)):
-        ids: list[int] = []
+        ids: list[int] = list(start)
         for i in range(len(lines) * max(1, target)):  # bounded: every line adds a token, or the check below fires
             ids += encode(tokenizer, lines[(3 * row + i) % len(lines)] + "\n")
             if len(ids) >= target:
@@ -252,7 +264,7 @@ def make_workload(
 
     ``prompts``: ``random`` ([B, prompt_len] seeded ids), ``mixed`` (seeded ids, rows of different
     lengths up to prompt_len, left padded, with an attention mask) or ``text`` (the shipped corpus
-    through ``tokenizer``, each row cut at prompt_len tokens, left padded).
+    through ``tokenizer``, rows of lengths spread as in ``mixed``, left padded).
     """
     check_positive("batch size", batch_size)
     check_positive("new tokens", max_new_tokens)

@@ -35,6 +35,8 @@ OPTIONAL_PARAMS = (
     "prompts",
 )  # params only where they take several values
 PARAM_ORDER = BASE_PARAMS + OPTIONAL_PARAMS
+# Params added later, and the value every earlier measurement had (4 random prompt tokens).
+LEGACY_CONSTANTS = {"prompt_len": repr(4), "prompts": repr("random")}
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def _param_values(rec: ResultRecord) -> dict[str, str]:
         rec["stop"],
         rec["compile"],
         rec["dtype"],
-        rec.get("prompt_len", 4),  # records from before the prompt axis: 4 random tokens
+        rec.get("prompt_len", 4),  # records from before the prompt axis: LEGACY_CONSTANTS
         rec.get("prompts", "random"),
     )
     return {name: repr(value) for name, value in zip(PARAM_ORDER, values, strict=True)}

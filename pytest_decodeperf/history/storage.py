@@ -35,6 +35,7 @@ from ..errors import DecodePerfError
 from ..records import MachineInfo, ResultRecord
 from .config import BROKEN, commit_date_ms, machine_name
 from .schema import (
+    LEGACY_CONSTANTS,
     PREFIX,
     SIDECAR,
     Definition,
@@ -60,10 +61,20 @@ def _benchmarks_json(results_dir: Path) -> Json:
     return data
 
 
+def legacy_constants(entry: Json, constants: dict[str, str]) -> dict[str, str]:
+    """A sidecar written before a param existed measured at its old fixed value: say so, so that a run
+    at another value makes it a real param instead of landing on the old line."""
+    names = set(entry.get("param_names", ()))
+    return {dim: value for dim, value in LEGACY_CONSTANTS.items() if dim not in names} | constants
+
+
 def _sidecar(path: Path) -> dict[str, Definition]:
     data = _load(path, 1, "a pytest-decodeperf sidecar") or {"benchmarks": {}}
     try:
-        return {name: Definition(dict(d["entry"]), dict(d["constants"])) for name, d in data["benchmarks"].items()}
+        return {
+            name: Definition(dict(d["entry"]), legacy_constants(d["entry"], dict(d["constants"])))
+            for name, d in data["benchmarks"].items()
+        }
     except BROKEN:
         raise DecodePerfError(f"{path}: not a pytest-decodeperf sidecar; left untouched: fix or move it away") from None
 
