@@ -30,6 +30,7 @@ class MachineInfo(TypedDict, total=False):
 class ResultRecord(TypedDict):
     test: str  # pytest nodeid (or "engine[<variant id>]" outside pytest)
     model: str
+    model_label: str  # how ids and tables show it: a checkpoint by its directory's name (older records: absent)
     cache: str
     stream: str
     batch_size: int
@@ -84,6 +85,6 @@ class ResultRecord(TypedDict):
     times_floor: float | None  # ms_per_token / floor_ms_per_step = 1 / bw_fraction: lower is better (asv)
     kv_cache_bytes: int | None  # static cache: the nbytes its tensors hold after the run
     kv_cache_bytes_analytic: int | None  # what the config says a static cache of this length allocates
-    kv_cache_allocated_bytes: int | None  # CUDA, static cache: what the caching allocator handed it
+    kv_cache_allocated_bytes: int | None  # CUDA, static cache: the bytes it asked the caching allocator for
     generation_peak_bytes: int | None  # CUDA: the memory round's peak over what was resident when it began
     canary_ms: float | None  # the run's drift canary (machine speed), set when history is written

@@ -9,9 +9,7 @@ the same group, measured in the same run.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from .records import ResultRecord
 
@@ -62,9 +60,10 @@ def group_key(rec: ResultRecord) -> tuple[object, ...]:
     )
 
 
-def model_label(model: str) -> str:
-    """A checkpoint directory by its name (as in the test ids), anything else as it is."""
-    return Path(model).resolve().name if ("/" in model or os.sep in model) and os.path.isdir(model) else model
+def model_label(rec: ResultRecord) -> str:
+    """How the record's ids show its model (a checkpoint by its directory's name), with a dtype off float32."""
+    label = rec.get("model_label") or rec["model"]
+    return label + (f" {rec['dtype']}" if rec["dtype"] != "float32" else "")
 
 
 def prompt_label(rec: ResultRecord) -> str:
@@ -104,7 +103,7 @@ def prefill_by_prompt(records: Sequence[ResultRecord]) -> list[str]:
     groups: dict[tuple[object, ...], dict[str, float]] = {}
     for r in sorted(records, key=prompt_order):
         if r["stream"] == "baseline" and r["prefill_ms"] is not None:
-            key = (r["model"], r["cache"], r["batch_size"], r["compile"], r["dtype"])
+            key = (model_label(r), r["cache"], r["batch_size"], r["compile"], r["dtype"])
             groups.setdefault(key, {}).setdefault(prompt_label(r), r["prefill_ms"])
     lines = []
     for (model, cache, batch, _compile, _dtype), by_len in groups.items():
@@ -177,8 +176,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     shaky = {group_key(r) for r in rows if r["stream"] == "baseline" and r.get("unstable")}
     for rec, speed in zip(rows, speedups(rows), strict=True):
         doubt = "?" if rec.get("unstable") or group_key(rec) in shaky else ""
-        model = model_label(rec["model"]) + (" (compiled)" if rec["compile"] else "")
-        model += f" {rec['dtype']}" if rec["dtype"] != "float32" else ""
+        model = model_label(rec) + (" (compiled)" if rec["compile"] else "")
         steps = str(rec["steps"]) + (f" (+{rec['extra_steps']})" if rec["extra_steps"] else "")
         cells.append(
             [

@@ -46,8 +46,15 @@ def test_the_ready_mask_is_transformers_own_mask_from_the_same_padding() -> None
     assert theirs is not None
     real = batch.mask2d.bool()[:, :, None]  # rows of padding queries attend to nothing in ours: no output is read
     assert torch.equal((ours == 0)[:, 0] & real, theirs[:, 0] & real)
-    # each step's row is that row of the whole mask: one query, every key seen so far
+    # each step's row is that row of the whole mask: one query, every key seen so far (dynamic: a view of
+    # the padding bias) or every key of a preallocated cache, the ones past the query masked (static)
     assert torch.equal(batch.forward_kwargs(5, 6, 6)["attention_mask"], ours[:, :, 5:6, :6])
+    static = PaddedBatch(mask, total, total + 3, ready=True, dtype=torch.bfloat16, positions=True)
+    whole = static.forward_kwargs(0, total, total + 3)["attention_mask"]
+    for step in range(4, total):
+        assert torch.equal(
+            static.forward_kwargs(step, step + 1, total + 3)["attention_mask"], whole[:, :, step : step + 1]
+        )
     # generate()'s positions: counted from each row's first real token
     assert batch.positions is not None
     assert batch.positions[1].tolist() == [0, 0, 0, 1, 2, 3, 4]

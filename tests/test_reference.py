@@ -189,3 +189,16 @@ def test_a_model_in_another_dtype_than_its_variant_is_refused(runner: Runner) ->
     with pytest.raises(DecodePerfError) as caught:
         runner.run(Variant("mine", "dynamic", "baseline", 1, 4, dtype="bfloat16"), gpt2())
     assert "the model's weights are float32, but the variant says bfloat16" in one_line(caught)
+
+
+def test_the_dtype_check_goes_by_most_weights_and_guards_the_ab_too() -> None:
+    """A few float32 weights (transformers' _keep_in_fp32_modules) do not make a bfloat16 model float32;
+    the A/B's rounds (engine/paired.py) refuse a mismatch as Runner.run does."""
+    from pytest_decodeperf.engine.paired import PairedRounds
+    from pytest_decodeperf.engine.runner import weights_dtype
+
+    model = gpt2().to(torch.bfloat16)
+    model.transformer.ln_f.float()  # kept in float32, as some checkpoints keep their norms
+    assert weights_dtype(model) == "bfloat16"
+    with pytest.raises(DecodePerfError, match=r"the model's weights are float32, but the variant says bfloat16"):
+        PairedRounds(Runner("cpu", rounds=1, warmup=0), gpt2(), Variant("mine", dtype="bfloat16", new_tokens=4))

@@ -190,6 +190,9 @@ class CudaRuntime:
     def requested_bytes(self) -> int | None:
         # The caching allocator's host-side count (no sync). Not memory_allocated: that counts whole
         # blocks, and a block over 1 MiB is rounded to 2 MiB and handed out unsplit within 1 MiB.
+        # cudaMallocAsync keeps the key at 0: no count there, rather than a cache that asked for nothing.
+        if torch.cuda.get_allocator_backend() != "native":
+            return None
         value = torch.cuda.memory_stats(self.device).get("requested_bytes.all.current")
         return int(value) if value is not None else None
 

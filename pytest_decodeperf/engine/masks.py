@@ -3,12 +3,12 @@
 Real serving decodes prompts of different lengths in one batch, left padded. generate() then
 passes a 2-D mask (1 = real token) that grows by one column a step, and position ids counted from
 each row's first real token (``attention_mask.cumsum(-1) - 1``). The decode loop passes the same,
-with no host read in a step: every mask and position is one slice of a buffer made before step 0.
+with no host read in a step: positions and the padding are buffers made before step 0, sliced per step.
 
 transformers turns a 2-D mask into a 4-D one on every forward, and on the sdpa path it first asks
 ``fast_all(padding_mask)`` in a Python ``if``: a blocking read each step. So for a model that takes
 a ready 4-D mask (``hidden_syncs.accepts_causal_mask``: full causal attention, not ALiBi) the loop
-passes a 4-D additive mask sliced from one buffer instead. A model that does not (sliding windows,
+passes a 4-D additive mask instead. A model that does not (sliding windows,
 ALiBi) gets the 2-D mask and keeps transformers' read: it shows in the sync count.
 """
 
@@ -49,9 +49,10 @@ class PaddedBatch:
     of a preallocated cache (its ``max_cache_len``), else ``total``. ``ready``: give forwards a 4-D
     additive mask; else the 2-D one. ``positions``: the model takes ``position_ids``.
 
-    Made once per generation: the [B, T] padding mask and positions. A forward's 4-D mask is built
-    for its own queries only ([B, 1, q, kv]: the prompt's at prefill, one row a decode step), as
-    transformers builds its own: never the whole [B, 1, T, T], which grows with the square of the length.
+    Made once per generation: the [B, T] padding mask, the positions and a [B, 1, 1, KV] padding
+    bias. A decode step's 4-D mask is that bias sliced (dynamic cache: a view; static: one masked_fill
+    for the keys past the query); the prompt's (and the cache-less loop's) is built for its own queries,
+    as transformers builds its own: never a whole [B, 1, T, T], which grows with the square of the length.
     """
 
     def __init__(
@@ -72,20 +73,33 @@ class PaddedBatch:
         self.positions = (seen.cumsum(-1) - 1).masked_fill(seen == 0, 0) if positions else None  # [B, T]
         self.dtype = dtype
         self.keys: torch.Tensor | None = None  # [B, KV]: which key positions are real tokens
+        self.bias: torch.Tensor | None = None  # [B, 1, 1, KV]: 0 on a real key, dtype-min on padding
         if ready:
-            keys = torch.zeros(batch, max(kv_total, total), dtype=torch.bool, device=device)
+            width = max(kv_total, total)
+            keys = torch.zeros(batch, width, dtype=torch.bool, device=device)
             keys[:, :total] = seen.bool()
             self.keys = keys
+            bias = torch.zeros(batch, 1, 1, width, dtype=dtype, device=device)
+            self.bias = bias.masked_fill_(~keys[:, None, None, :], torch.finfo(dtype).min)
+            self.key_index = torch.arange(width, device=device)  # [KV]
 
     def ready_mask(self, start: int, end: int, kv_length: int) -> torch.Tensor:
         """The 4-D additive mask [B, 1, end - start, kv_length] of queries [start, end): causal and unpadded."""
-        assert self.keys is not None
+        assert self.keys is not None and self.bias is not None
+        if end - start == 1:  # a decode step: the padding row, and no key past the query
+            if kv_length == end:  # a dynamic cache holds no key past the query: a view, no kernel
+                return self.bias[:, :, :, :kv_length]
+            return self.bias[:, :, :, :kv_length].masked_fill(self.key_index[:kv_length] > start, self.min)
         device = self.keys.device
         q = torch.arange(start, end, device=device)  # a kernel with host scalars: no copy, no read
         k = torch.arange(kv_length, device=device)
         allowed = (k[None, :] <= q[:, None])[None] & self.keys[:, None, :kv_length]  # [B, q, KV]
         mask = torch.zeros(allowed.shape[0], 1, end - start, kv_length, dtype=self.dtype, device=device)
-        return mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
+        return mask.masked_fill_(~allowed[:, None], self.min)
+
+    @property
+    def min(self) -> float:
+        return float(torch.finfo(self.dtype).min)
 
     def forward_kwargs(self, start: int, end: int, kv_length: int) -> dict[str, Any]:
         """Keyword arguments of a forward over positions [start, end) with ``kv_length`` keys."""

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from .hidden_syncs import no_padding_check
 from .measure import Clock, Round, measure
 from .profiling import compile_counters
-from .runner import Runner
+from .runner import Runner, check_dtype
 from .variants import Variant
 
 METRICS = ("ms_per_token", "prefill_ms")  # lower is better; what the A/B gate decides on
@@ -32,6 +32,7 @@ class PairedRounds:
         self.runner = runner
         self.model = model
         self.variant = variant.validate(runner.device)
+        check_dtype(model, variant)  # as Runner.run: the A/B files its verdict under the variant's dtype
         self.workload = runner.workload(model, variant)
         self._once = runner.run_once_fn(model, variant, self.workload)
         self._clock = Clock(runner.device)

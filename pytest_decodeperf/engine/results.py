@@ -10,6 +10,7 @@ import torch
 from ..records import ResultRecord
 from .loop import DecodeOutput
 from .measure import Measurement
+from .models import model_label
 from .parity import ParityReport
 from .profiling import ProfileStats
 from .roofline import StepBytes, achieved
@@ -30,7 +31,7 @@ class Roofline:
     bandwidth: float  # bytes/s, the device's measured copy bandwidth
     kv_cache_bytes: int | None = None  # static cache: its tensors' nbytes after the run
     kv_cache_bytes_analytic: int | None = None  # a static cache of the variant's length, from the config
-    kv_cache_allocated_bytes: int | None = None  # CUDA, static: what the allocator handed the cache
+    kv_cache_allocated_bytes: int | None = None  # CUDA, static: the bytes the cache asked the allocator for
     note: str = ""
 
     def fields(self, ms_per_step: float) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class VariantResult:
         return ResultRecord(
             test=test or f"engine[{v.id}]",
             model=v.model,
+            model_label=model_label(v.model),
             cache=v.cache,
             stream=v.stream,
             batch_size=v.batch_size,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -23,7 +24,7 @@ from .hidden_syncs import accepts_causal_mask, no_padding_check
 from .kv_memory import AllocationWatch
 from .loop import DecodeOutput, generate
 from .measure import Clock, Measurement, measure
-from .models import build_model, load_tokenizer
+from .models import DTYPES, build_model, load_tokenizer
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
@@ -55,6 +56,26 @@ class _ModelState:
         if self.takes_causal_mask is None:
             self.takes_causal_mask = accepts_causal_mask(getattr(model, "_orig_mod", model))
         return self.takes_causal_mask
+
+
+def weights_dtype(model: torch.nn.Module) -> str:
+    """The dtype most of the model's floating weights are in (a few kept in float32 do not count)."""
+    counts: Counter[torch.dtype] = Counter()
+    for param in model.parameters():
+        if param.is_floating_point():
+            counts[param.dtype] += param.numel()
+    return str(counts.most_common(1)[0][0]).removeprefix("torch.") if counts else "float32"
+
+
+def check_dtype(model: torch.nn.Module, variant: Variant) -> None:
+    """A model in another dtype than its variant's would file its numbers under the wrong one: refused."""
+    actual = weights_dtype(model)
+    if actual != variant.dtype:
+        hint = f" (or set dtype={actual!r})" if actual in DTYPES else ""
+        raise DecodePerfError(
+            f"{variant.id}: the model's weights are {actual}, but the variant says {variant.dtype}: its numbers "
+            f"would be filed under the wrong dtype; build the model in decode_variant.dtype{hint}"
+        )
 
 
 def _workload_key(variant: Variant) -> tuple[Any, ...]:
@@ -357,13 +378,7 @@ class Runner:
     ) -> VariantResult:
         variant.validate(self.device)
         model = model if model is not None else self.model(variant.model, variant.dtype)
-        actual = str(model.dtype).removeprefix("torch.")
-        if actual != variant.dtype:
-            raise DecodePerfError(
-                f"{variant.id}: the model's weights are {actual}, but the variant says {variant.dtype}: its numbers "
-                "would be filed under the wrong dtype; build the model in decode_variant.dtype "
-                f"(or set dtype={actual!r})"
-            )
+        check_dtype(model, variant)
         refusal = loop_refusal(model)
         if refusal is not None and (not variant.is_hf or getattr(model.config, "is_encoder_decoder", False)):
             hint = "" if variant.is_hf else "; its generate() stream modes (hf-generate) may still run it"
