@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch  # noqa: F401  # before any in-process run: pytester's module snapshot then keeps numpy (it cannot load twice)
 from git_helpers import git
 
 CONFTEST = """
@@ -221,3 +222,18 @@ def test_options_that_change_the_variants_reach_both_workers(tmp_path: Path) -> 
     assert "--decodeperf-prompt-lens=16,mixed" in args and "--decodeperf-dtype=bfloat16" in args
     assert f"--decodeperf-model-path={Path('ckpt').resolve()}" in args
     assert args[-1] == "test_x.py"
+
+
+def test_a_ref_of_this_plugin_that_predates_an_option_given_is_one_line(tmp_path: Path) -> None:
+    """The nightly's REF is this repository: one from before --decodeperf-prompt-lens would die refusing it."""
+    from pytest_decodeperf.ab.checkout import Sides, check_options_at_ref
+    from pytest_decodeperf.errors import DecodePerfError
+
+    sides = Sides(tmp_path, tmp_path, "HEAD~1", "a" * 40, "b" * 40)
+    args = ["--decodeperf", "--decodeperf-device=cpu", "--decodeperf-prompt-lens=16,mixed", "test_x.py"]
+    check_options_at_ref(sides, tmp_path, args)  # another project's REF: the installed plugin serves it
+    (tmp_path / "pytest_decodeperf").mkdir()
+    (tmp_path / "pytest_decodeperf" / "options.py").write_text('OptionSpec("device", ...)\nOptionSpec("models", ...)\n')
+    with pytest.raises(DecodePerfError, match=r"REF HEAD~1 \(aaaaaaaa\) predates --decodeperf-prompt-lens: its side"):
+        check_options_at_ref(sides, tmp_path, args)
+    check_options_at_ref(sides, tmp_path, args[:2])  # what it knows passes

@@ -97,6 +97,23 @@ def check_files_at_ref(sides: Sides, tree: Path, files: Iterable[Path]) -> None:
         )
 
 
+def check_options_at_ref(sides: Sides, tree: Path, args: Iterable[str]) -> None:
+    """A REF that is this plugin's own source and predates a ``--decodeperf-X`` flag the workers are given
+    would die refusing it: say so in one line instead (a REF of another project uses the installed plugin)."""
+    options = tree / "pytest_decodeperf" / "options.py"
+    if not options.is_file():
+        return
+    text = options.read_text(encoding="utf-8")
+    for arg in args:
+        if arg.startswith("--decodeperf-"):
+            name = arg.removeprefix("--decodeperf-").split("=", 1)[0]
+            if f'"{name}"' not in text:
+                raise DecodePerfError(
+                    f"--decodeperf-ab: REF {sides.ref} ({sides.a_commit[:8]}) predates --decodeperf-{name}: its side "
+                    "could not expand the same variants; pick a later REF, or run without that option"
+                )
+
+
 @contextlib.contextmanager
 def worktree(sides: Sides) -> Iterator[Path]:
     """REF checked out (detached) in a temporary worktree; removed, with git's record of it, on exit."""

@@ -14,7 +14,7 @@ import pytest
 
 from ..errors import DecodePerfError
 from ..options import Settings
-from .checkout import Sides, check_files_at_ref, resolve_sides, worktree
+from .checkout import Sides, check_files_at_ref, check_options_at_ref, resolve_sides, worktree
 from .controller import ABRun, ItemVerdict
 
 
@@ -67,6 +67,7 @@ class ABSession:
             check_files_at_ref(self.sides, tree, files)
             rel_files = sorted({str(f.resolve().relative_to(self.sides.rootdir)) for f in files})
             args = self._worker_args(config, rel_files)
+            check_options_at_ref(self.sides, tree, args)
             self.run = ABRun(self.sides, tree, self.threshold, self.settings.ab_max_pairs, args)
             self._stack.callback(self.run.close)
             self.not_at_ref, why = self.run.start(marked)
