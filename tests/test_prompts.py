@@ -51,6 +51,9 @@ def test_the_ready_mask_is_transformers_own_mask_from_the_same_padding() -> None
     assert torch.equal(batch.forward_kwargs(5, 6, 6)["attention_mask"], ours[:, :, 5:6, :6])
     static = PaddedBatch(mask, total, total + 3, ready=True, dtype=torch.bfloat16, positions=True)
     whole = static.forward_kwargs(0, total, total + 3)["attention_mask"]
+    assert static.step_rows is not None  # a decode step's mask is a view: no kernel, no allocation in the step
+    step_mask = static.forward_kwargs(5, 6, total + 3)["attention_mask"]
+    assert step_mask.untyped_storage().data_ptr() == static.step_rows.untyped_storage().data_ptr()
     for step in range(4, total):
         assert torch.equal(
             static.forward_kwargs(step, step + 1, total + 3)["attention_mask"], whole[:, :, step : step + 1]

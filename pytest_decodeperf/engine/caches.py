@@ -43,21 +43,26 @@ CACHES: dict[str, CacheStrategy] = {}
 CACHE_KEYWORDS = ("cache", "past_key_values")
 
 
-_KEYWORD_OF: dict[type, str | None] = {}  # per model class: the decode loop asks every step
+_PARAMETERS_OF: dict[type, frozenset[str]] = {}  # per model class: the decode loop asks every step
 
 
-def cache_keyword(model: Any) -> str | None:
-    """The keyword ``model``'s forward takes a Cache by (None: it takes none).
+def forward_parameters(model: Any) -> frozenset[str]:
+    """The parameter names of ``model``'s forward.
 
     Judged by the class's forward, not the instance's: a user's wrapper (``model.forward =
     timed(...)``) takes ``*args, **kwargs`` and says nothing, and a ``torch.compile`` wrapper stands
     for its ``_orig_mod``. Looked up once per class: the decode loop asks every step.
     """
     cls = type(getattr(model, "_orig_mod", model))
-    if cls not in _KEYWORD_OF:
-        params = inspect.signature(cls.forward).parameters
-        _KEYWORD_OF[cls] = next((name for name in CACHE_KEYWORDS if name in params), None)
-    return _KEYWORD_OF[cls]
+    if cls not in _PARAMETERS_OF:
+        _PARAMETERS_OF[cls] = frozenset(inspect.signature(cls.forward).parameters)
+    return _PARAMETERS_OF[cls]
+
+
+def cache_keyword(model: Any) -> str | None:
+    """The keyword ``model``'s forward takes a Cache by (None: it takes none)."""
+    params = forward_parameters(model)
+    return next((name for name in CACHE_KEYWORDS if name in params), None)
 
 
 def register_cache(strategy: CacheStrategy) -> CacheStrategy:

@@ -14,20 +14,16 @@ ALiBi) gets the 2-D mask and keeps transformers' read: it shows in the sync coun
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
-_TAKES_POSITIONS: dict[type, bool] = {}
+from .caches import forward_parameters
 
 
 def takes_position_ids(model: Any) -> bool:
     """Whether ``model``'s forward takes ``position_ids`` (generate() passes them only then)."""
-    cls = type(getattr(model, "_orig_mod", model))
-    if cls not in _TAKES_POSITIONS:
-        _TAKES_POSITIONS[cls] = "position_ids" in inspect.signature(cls.forward).parameters
-    return _TAKES_POSITIONS[cls]
+    return "position_ids" in forward_parameters(model)
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,10 +45,11 @@ class PaddedBatch:
     of a preallocated cache (its ``max_cache_len``), else ``total``. ``ready``: give forwards a 4-D
     additive mask; else the 2-D one. ``positions``: the model takes ``position_ids``.
 
-    Made once per generation: the [B, T] padding mask, the positions and a [B, 1, 1, KV] padding
-    bias. A decode step's 4-D mask is that bias sliced (dynamic cache: a view; static: one masked_fill
-    for the keys past the query); the prompt's (and the cache-less loop's) is built for its own queries,
-    as transformers builds its own: never a whole [B, 1, T, T], which grows with the square of the length.
+    Made once per generation, before step 0: the [B, T] padding mask, the positions, and the 4-D mask
+    rows of the decode steps' queries ([B, 1, T - P, KV]: the new tokens' rows only), so a decode step's
+    mask is a view, with no kernel and no allocation in the step. The prompt's (and the cache-less
+    loop's, which re-runs the whole sequence anyway) is built for its own queries, as transformers
+    builds its own: never a whole [B, 1, T, T], which grows with the square of the length.
     """
 
     def __init__(
@@ -72,34 +69,33 @@ class PaddedBatch:
         # generate(): cumsum - 1, pads at 0 (their outputs are never attended to)
         self.positions = (seen.cumsum(-1) - 1).masked_fill(seen == 0, 0) if positions else None  # [B, T]
         self.dtype = dtype
+        self.prompt_len = prompt_len
         self.keys: torch.Tensor | None = None  # [B, KV]: which key positions are real tokens
-        self.bias: torch.Tensor | None = None  # [B, 1, 1, KV]: 0 on a real key, dtype-min on padding
+        self.step_rows: torch.Tensor | None = None  # [B, 1, T - P, KV]: the decode steps' mask rows
         if ready:
             width = max(kv_total, total)
             keys = torch.zeros(batch, width, dtype=torch.bool, device=device)
             keys[:, :total] = seen.bool()
             self.keys = keys
-            bias = torch.zeros(batch, 1, 1, width, dtype=dtype, device=device)
-            self.bias = bias.masked_fill_(~keys[:, None, None, :], torch.finfo(dtype).min)
-            self.key_index = torch.arange(width, device=device)  # [KV]
+            self.step_rows = self._build(prompt_len, total, width)
 
-    def ready_mask(self, start: int, end: int, kv_length: int) -> torch.Tensor:
+    def _build(self, start: int, end: int, kv_length: int) -> torch.Tensor:
         """The 4-D additive mask [B, 1, end - start, kv_length] of queries [start, end): causal and unpadded."""
-        assert self.keys is not None and self.bias is not None
-        if end - start == 1:  # a decode step: the padding row, and no key past the query
-            if kv_length == end:  # a dynamic cache holds no key past the query: a view, no kernel
-                return self.bias[:, :, :, :kv_length]
-            return self.bias[:, :, :, :kv_length].masked_fill(self.key_index[:kv_length] > start, self.min)
+        assert self.keys is not None
         device = self.keys.device
         q = torch.arange(start, end, device=device)  # a kernel with host scalars: no copy, no read
         k = torch.arange(kv_length, device=device)
         allowed = (k[None, :] <= q[:, None])[None] & self.keys[:, None, :kv_length]  # [B, q, KV]
         mask = torch.zeros(allowed.shape[0], 1, end - start, kv_length, dtype=self.dtype, device=device)
-        return mask.masked_fill_(~allowed[:, None], self.min)
+        return mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
 
-    @property
-    def min(self) -> float:
-        return float(torch.finfo(self.dtype).min)
+    def ready_mask(self, start: int, end: int, kv_length: int) -> torch.Tensor:
+        """The 4-D mask of queries [start, end): a decode step's is a view of ``step_rows``."""
+        assert self.step_rows is not None
+        if end - start == 1 and start >= self.prompt_len:
+            row = start - self.prompt_len
+            return self.step_rows[:, :, row : row + 1, :kv_length]
+        return self._build(start, end, kv_length)
 
     def forward_kwargs(self, start: int, end: int, kv_length: int) -> dict[str, Any]:
         """Keyword arguments of a forward over positions [start, end) with ``kv_length`` keys."""

@@ -157,9 +157,8 @@ def load_checkpoint(
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), local_files_only=True, trust_remote_code=False, dtype=resolve_dtype(dtype)
         )
-    except Exception as exc:  # the loader's many failures (corrupt weights, a missing tokenizer library): one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DecodePerfError(f"checkpoint {str(directory)!r} does not load as a causal LM: {first}") from None
+    except Exception as exc:  # the loader's many failures (corrupt weights, a missing library): one line
+        raise DecodePerfError(f"checkpoint {str(directory)!r} does not load as a causal LM: {_first(exc)}") from None
     cast(Any, model).to(device=torch.device(device))
     cast(Any, model).eval()
     return cast(PreTrainedModel, model)
@@ -174,9 +173,14 @@ def load_tokenizer(path: str) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # the loader's many failures (corrupt weights, a missing tokenizer library): one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DecodePerfError(f"the tokenizer beside {str(directory)!r} does not load: {first}") from None
+    except Exception as exc:  # as load_checkpoint: one line
+        raise DecodePerfError(f"the tokenizer beside {str(directory)!r} does not load: {_first(exc)}") from None
+
+
+def _first(exc: BaseException) -> str:
+    """An exception's first line (its type when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_device(dev: torch.device) -> None:

@@ -15,14 +15,13 @@ dtype's rounding is numerics (a pass, with a note); anything else is a bug and f
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .caches import cache_keyword
+from .caches import cache_keyword, forward_parameters
 from .parity import Divergence, ParityReport
 
 TOP_K = 5
@@ -35,8 +34,7 @@ def loop_refusal(model: PreTrainedModel) -> str | None:
     if getattr(model.config, "is_encoder_decoder", False):
         return f"{name} is an encoder-decoder: it needs encoder inputs, which the decode loop does not give"
     if cache_keyword(model) is None:
-        params = inspect.signature(type(model).forward).parameters
-        other = " (it keeps its state in cache_params)" if "cache_params" in params else ""
+        other = " (it keeps its state in cache_params)" if "cache_params" in forward_parameters(model) else ""
         return (
             f"{name}.forward takes no Cache (neither cache= nor past_key_values=){other}: the decode loop's "
             "caches cannot drive it, and a cache it ignores gives wrong tokens in every stream mode alike"
