@@ -293,9 +293,18 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "ab-max-pairs",
-        "with --decodeperf-ab: the most A/B round pairs per variant before the verdict is UNKNOWN (default 200)",
+        "with --decodeperf-ab: the most A/B round pairs per variant before the verdict is UNKNOWN, spread over "
+        "the process pairs (default 200)",
         _int("A/B pairs", 10),
         200,
+        metavar="N",
+    ),
+    OptionSpec(
+        "ab-processes",
+        "with --decodeperf-ab: the most process pairs (a fresh worker per side each) per run; each is one "
+        "observation of B/A, and a verdict needs at least 3 (default 10)",
+        _int("A/B process pairs", 3),
+        10,
         metavar="N",
     ),
     OptionSpec(
@@ -401,6 +410,7 @@ class Settings:
     compare: str | None
     ab: str | None
     ab_max_pairs: int
+    ab_processes: int
     fail_on_regression: float
     plot: Path | None
     benchmark_table: bool

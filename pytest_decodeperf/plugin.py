@@ -101,6 +101,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(f"pytest-decodeperf: {exc}") from None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Under --decodeperf-ab: every process pair runs before the items report (each looks its verdict up)."""
+    ab = _ab(session.config)
+    if ab is None or session.config.option.collectonly:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    progress = (lambda line: reporter.write_line(line)) if reporter is not None else (lambda line: None)
+    ab.run_all(progress)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     ab = _ab(config)
     if ab is not None:
@@ -336,7 +347,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     ab = _ab(item.config)
     param = _item_param(item)
     if ab is not None and param is not None:
-        verdict = ab.judge(item.nodeid, item.name)
+        verdict = ab.verdict(item.nodeid)
         result = yield
         if verdict is not None and verdict.failed:
             pytest.fail(f"A/B against {ab.sides.ref}: {verdict.line()}", pytrace=False)
@@ -360,13 +371,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if _ab(pyfuncitem.config) is not None and _item_param(pyfuncitem) is not None:
         return True
     return None
-
-
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-    """An item whose setup failed or was skipped is never judged: keep the A/B workers in step."""
-    ab = _ab(item.config)
-    if ab is not None and call.when == "setup" and call.excinfo is not None and _item_param(item) is not None:
-        ab.setup_failed(item.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -26,10 +26,10 @@ import torch
 
 from pytest_decodeperf import Runner, Variant
 from pytest_decodeperf.ab import Decision, SequentialAB
-from pytest_decodeperf.ab.controller import BLOCK
 from pytest_decodeperf.engine.paired import PairedRounds
 
 GATE = 0.05
+BLOCK = 10  # pairs between two looks of the in-process gate
 
 
 class Injected:

@@ -42,7 +42,8 @@ import pytest
 def test_decode():
     assert False, "under --decodeperf-ab the body runs in neither the controller nor the workers"
 """
-ARGS = ["--decodeperf", "--decodeperf-ab-max-pairs=40", "--decodeperf-warmup=1", "-p", "no:cacheprovider"]
+ARGS = ["--decodeperf", "--decodeperf-ab-processes=3", "--decodeperf-ab-max-pairs=15", "--decodeperf-warmup=1"]
+ARGS += ["-p", "no:cacheprovider"]
 
 
 @pytest.fixture
@@ -74,9 +75,12 @@ def test_a_slowdown_commit_fails_naming_the_variant_the_ratio_and_the_interval(
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [
-            "*A/B against HEAD~1: test_decode[[]tiny-gpt2-dynamic-baseline-b1[]]: ms/token worse x*(99% CI *-*, *",
+            "A/B process pair 1/3: * items decided (* s)",
+            "*A/B against HEAD~1: test_decode[[]tiny-gpt2-dynamic-baseline-b1[]]: ms/token worse x*(99% CI *-*, "
+            "3 process pairs, 15 pairs*",
             "*= decode perf A/B =*",
-            "decode perf A/B: B = * (the checkout) against A = * (HEAD~1); gate 5%, ABBA rounds, at most 40 pairs",
+            "decode perf A/B: B = * (the checkout) against A = * (HEAD~1); gate 5%, 3 of at most 3 process pairs, "
+            "5 alternating round pairs each; both sides pinned to CPU *",
         ]
     )
     assert "assert False" not in result.stdout.str()  # the body ran nowhere

@@ -1,6 +1,14 @@
 """Statistics for a same-session A/B speed gate (Pinpoint-style), lower-is-better metrics.
 
-A (reference) and B (candidate) are timed in interleaved rounds (ABBA order) in one session, giving pairs
+What ``--decodeperf-ab`` runs is :class:`ClusteredAB` (``clustered.py``): the rounds come from several
+process pairs (fresh workers each), and each process pair is one observation, because two processes
+running identical code differ by a few percent for their whole life; its interval is a Student-t one
+over the process pairs' estimates.  Below, the within-process machinery it builds on: one process
+pair's estimate (the paired, trimmed log-ratio), the decision rule and the sequential boundaries.
+:class:`SequentialAB` treats the pairs of *one* process pair as independent: right for rounds of one
+process (the in-process tests and simulations), wrong as a verdict on code (see ``clustered.py``).
+
+A (reference) and B (candidate) are timed in interleaved rounds in one session, giving pairs
 ``(a_i, b_i)``.  After each block of pairs we decide, per metric, one of
 
 * ``DIFFERENT_WORSE``  - B is significantly slower, by a material amount (the only outcome that fails),
@@ -64,6 +72,7 @@ Sequential looks (see :class:`SequentialAB`)
     message's "99% CI" is that simultaneous level; the per-look interval is wider than a one-off 99% one.
 """
 
+from .clustered import ClusteredAB
 from .decision import Decision, SequentialAB, Stat, Verdict, decide, ratio_ci
 
-__all__ = ["Decision", "SequentialAB", "Stat", "Verdict", "decide", "ratio_ci"]
+__all__ = ["ClusteredAB", "Decision", "SequentialAB", "Stat", "Verdict", "decide", "ratio_ci"]

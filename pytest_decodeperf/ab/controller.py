@@ -1,37 +1,37 @@
-"""The controller of a same-session A/B run: two workers, rounds in ABBA lockstep, a verdict per item.
+"""The controller of a same-session A/B run: process pairs, alternating rounds, a verdict per item.
 
-The pytest session that was given ``--decodeperf-ab`` collects as usual, then starts one worker per
-side (``worker.py``: A in a worktree of REF, B in the checkout), each a pytest session of its own
-tree. For every marked item both workers set it up and warm it; then the controller asks for one
-round at a time, A B B A A B ..., never both at once (one GPU, one machine state), and after each
-block of pairs asks the sequential gate (``decision.py``) per metric. Only a significant slowdown
-beyond the gate fails the item; UNKNOWN says so and passes; the sync count compares exactly.
+The pytest session given ``--decodeperf-ab`` collects as usual, then starts one worker per side
+(``worker.py``: A in a worktree of REF, B in the checkout), each a pytest session of its own tree,
+*several times*: a run is up to ``processes`` process pairs, one after another (pyperf's design: one
+process's memory layout, hash seed and core bias its timings for its whole life, so a verdict needs
+several). In each pair both workers set up every item still undecided, warm it, and time rounds when
+asked, one at a time, strictly alternating (each round then follows the other process's, so both
+start equally cold), the side that starts and goes first alternating from pair to pair. After each
+process pair the gate (``clustered.py``) looks at every item, the process pair being its unit; an
+item stops once each metric is decided, or one is worse. Only a significant slowdown beyond the gate
+fails an item; UNKNOWN says why and passes; the sync count compares exactly.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 from ..errors import DecodePerfError
+from ..workers import WorkerGone, WorkerProcess, child_env, close_all
 from .checkout import Sides
-from .decision import Decision, SequentialAB, Verdict
+from .clustered import ClusteredAB
+from .decision import Decision, Verdict
 
-BLOCK = 10  # pairs between two looks of the gate
 BORROWED = "it imported the checkout's code"  # worker.py's words for side A importing B's code
-REPLY_TIMEOUT_S = 1800.0  # a warmup with torch.compile on a big model can take minutes
 METRIC_NAMES = {"ms_per_token": "ms/token", "prefill_ms": "prefill"}
-
-
-class WorkerGone(DecodePerfError):
-    """A worker died or fell out of step: the rest of the run cannot be judged."""
+PRIMARY = "ms_per_token"  # the metric a run keeps sampling for; the others ride along unless resolvable
+ROUND_BUDGET_S = 30.0  # per item and process pair: fewer round pairs (at least MIN_ROUNDS) when rounds are slow
+MIN_ROUNDS = 3
 
 
 class RoundError(DecodePerfError):
@@ -42,94 +42,17 @@ class RoundError(DecodePerfError):
         self.side = side
 
 
-class Worker:
-    """One side: its process, its two pipes, its log file."""
-
-    def __init__(
-        self, side: str, tree: Path, rootdir: Path, pytest_args: list[str], log_dir: Path, foreign: Path | None = None
-    ):
-        self.side = side
-        self.log_path = log_dir / f"worker-{side}.log"
-        to_worker_r, to_worker_w = os.pipe()
-        from_worker_r, from_worker_w = os.pipe()
-        script = Path(__file__).with_name("worker.py")
-        fds = f"{to_worker_r},{from_worker_w}"
-        cmd = [sys.executable, str(script), fds, str(tree), "--", "--rootdir", str(rootdir), *pytest_args]
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=rootdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(to_worker_r, from_worker_w),
-                env=_worker_env(foreign),
-            )
-        os.close(to_worker_r)
-        os.close(from_worker_w)  # the worker's end: reading sees EOF once it exits
-        self._out = Connection(to_worker_w, readable=False)
-        self._in = Connection(from_worker_r, writable=False)
-
-    def send(self, *message: Any) -> None:
-        try:
-            self._out.send(message)
-        except OSError:
-            raise WorkerGone(self.gone()) from None
-
-    def recv(self) -> tuple[Any, ...]:
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
-        while not self._in.poll(1.0):
-            if self.proc.poll() is not None and not self._in.poll(0.1):
-                raise WorkerGone(self.gone())
-            if time.monotonic() > deadline:
-                raise WorkerGone(f"side {self.side} gave no answer in {REPLY_TIMEOUT_S:.0f} s ({self.log_path})")
-        try:
-            message: tuple[Any, ...] = self._in.recv()
-        except (EOFError, OSError):
-            raise WorkerGone(self.gone()) from None
-        if message[0] == "exit":  # its pytest session ended before the controller was done with it
-            raise WorkerGone(self.gone())
-        return message
-
-    def gone(self) -> str:
-        code = self.proc.wait(timeout=30)
-        tail = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        last = f": {tail[0].strip()}" if tail else ""
-        return f"side {self.side}'s worker exited ({code}){last} (whole log: {self.log_path})"
-
-    def close_pipes(self) -> None:
-        for conn in (self._out, self._in):
-            conn.close()
-
-    def reap(self) -> None:
-        """Wait a little for the worker to see EOF and finish, then end it."""
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _worker_env(foreign: Path | None) -> dict[str, str]:
-    """The environment of a worker: no A/B options of its own (it would start workers in turn)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DECODEPERF_AB")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    if foreign is not None:
-        env["DECODEPERF_AB_FOREIGN"] = str(foreign)
-    return env
-
-
 @dataclass
 class ItemVerdict:
     nodeid: str
     label: str
-    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    gates: dict[str, ClusteredAB] = field(default_factory=dict)
     syncs: tuple[float | None, float | None] = (None, None)
     error: str | None = None
+
+    @property
+    def verdicts(self) -> dict[str, Verdict]:
+        return {name: gate.verdict() for name, gate in self.gates.items()}
 
     @property
     def syncs_rose(self) -> bool:
@@ -140,6 +63,17 @@ class ItemVerdict:
     def failed(self) -> bool:
         return self.error is not None or self.syncs_rose or any(v.failed for v in self.verdicts.values())
 
+    @property
+    def settled(self) -> bool:
+        """Nothing more to sample: an error, a rise in syncs, a worse metric, or every metric decided.
+
+        A secondary metric (prefill) that cannot be shown within the gate in the budget is not waited for.
+        """
+        if self.error is not None or self.syncs_rose or any(v.failed for v in self.verdicts.values()):
+            return True
+        waited = [g for name, g in self.gates.items() if name == PRIMARY or not g.hopeless()]
+        return bool(self.gates) and all(g.done for g in waited)
+
     def line(self) -> str:
         if self.error is not None:
             return f"{self.label}: no verdict: {self.error}"
@@ -147,27 +81,57 @@ class ItemVerdict:
         a, b = self.syncs
         if a is not None and b is not None:
             parts.append(f"syncs/step {a:g} -> {b:g}" + (" (rose: fails)" if b > a else ""))
-        return f"{self.label}: " + "; ".join(parts)
+        return f"{self.label}: " + "; ".join(parts or ["no metric could be timed"])
 
 
 class ABRun:
-    """Both workers of one session and the verdicts so far."""
+    """The process pairs of one session and the verdicts so far."""
 
-    def __init__(self, sides: Sides, tree_a: Path, threshold: float, max_pairs: int, pytest_args: list[str]):
+    def __init__(
+        self,
+        sides: Sides,
+        tree_a: Path,
+        threshold: float,
+        max_pairs: int,
+        processes: int,
+        pytest_args: list[str],
+        cpus: tuple[int, ...] | None = None,
+    ):
         self.sides = sides
         self.threshold = threshold
-        self.max_pairs = max_pairs
+        self.processes = processes
+        self.rounds_per_pair = max(MIN_ROUNDS, math.ceil(max_pairs / processes))
+        self.pytest_args = pytest_args
+        self.cpus = cpus
         self.log_dir = Path(tempfile.mkdtemp(prefix="decodeperf-ab-logs-"))
         rel = sides.rootdir.relative_to(sides.top)
-        self.workers = {
-            "A": Worker("A", tree_a / rel, tree_a / rel, pytest_args, self.log_dir, foreign=sides.top),
-            "B": Worker("B", sides.rootdir, sides.rootdir, pytest_args, self.log_dir),
-        }
-        self.results: list[ItemVerdict] = []
+        self.trees = {"A": tree_a / rel, "B": sides.rootdir}
+        self.items: dict[str, ItemVerdict] = {}
+        self.pair = 0  # process pairs started so far
+        self.workers: dict[str, WorkerProcess] = {}
         self.broken: str | None = None
 
-    def start(self, nodeids: list[str]) -> tuple[set[str], str | None]:
-        """Hand both sides the controller's order: (the nodeids not judged, why none at all, if so)."""
+    # ------------------------------------------------------------------------------------------ processes
+    def _start_pair(self) -> None:
+        """Both workers of the next process pair; the side started first alternates."""
+        extra = {"DECODEPERF_AB_CPUS": ",".join(map(str, self.cpus))} if self.cpus else {}
+        script = Path(__file__).with_name("worker.py")
+        order = ("A", "B") if self.pair % 2 == 0 else ("B", "A")
+        self.pair += 1
+        for side in order:
+            env = child_env(("DECODEPERF_AB",), extra)  # a worker must not start an A/B of its own
+            if side == "A":
+                env["DECODEPERF_AB_FOREIGN"] = str(self.sides.top)
+            tree = self.trees[side]
+            args = [str(tree), "--", "--rootdir", str(tree), *self.pytest_args]
+            log = self.log_dir / f"worker-{side}-{self.pair}.log"
+            self.workers[side] = WorkerProcess(f"side {side}", script, args, tree, log, env)
+
+    def _end_pair(self) -> None:
+        close_all(self.workers.values())
+        self.workers = {}
+
+    def _collected(self) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
         collected: dict[str, set[str]] = {}
         problems: dict[str, list[str]] = {}
         for side, worker in self.workers.items():
@@ -177,6 +141,12 @@ class ABRun:
             if message[1] != 1:
                 raise DecodePerfError(f"side {side}'s worker speaks A/B protocol {message[1]!r}, this one 1")
             collected[side], problems[side] = set(message[2]), list(message[3])
+        return collected, problems
+
+    def start(self, nodeids: list[str], labels: dict[str, str]) -> tuple[set[str], str | None]:
+        """Start the first process pair and check both sides: (the nodeids not judged, why none at all, if so)."""
+        self._start_pair()
+        collected, problems = self._collected()
         if problems["B"]:
             raise DecodePerfError(f"side B (the checkout): {problems['B'][0]}")
         borrowed = [p for p in problems["A"] if p.startswith(BORROWED)]
@@ -190,57 +160,79 @@ class ABRun:
                 + ": it gets only the decodeperf options, -p, -o and --import-mode of this command line"
             )
         both = [] if problems["A"] else [n for n in nodeids if n in collected["A"]]
-        for worker in self.workers.values():
-            worker.send("order", both)
+        self.items = {n: ItemVerdict(n, labels.get(n, n)) for n in both}
+        self._order(both)
         why = f"side A (REF {self.sides.ref}): {problems['A'][0]}" if problems["A"] else None
         return set(nodeids) - set(both), why
 
-    def judge(self, nodeid: str, label: str) -> ItemVerdict:
-        result = ItemVerdict(nodeid, label)
-        self.results.append(result)
-        if self.broken is not None:
-            result.error = self.broken
-            return result
+    def _order(self, nodeids: list[str]) -> None:
+        for worker in self.workers.values():
+            worker.send("order", nodeids)
+
+    # ------------------------------------------------------------------------------------------- the run
+    def run(self, progress: Callable[[str], None] = lambda line: None) -> None:
+        """Every process pair until each item is settled or the budget is spent (the first pair is started)."""
+        start = time.monotonic()
         try:
-            self._judge(result)
+            while True:
+                undecided = [item for item in self.items.values() if not item.settled]
+                for item in undecided:
+                    self._judge(item)
+                self._end_pair()
+                left = [item for item in self.items.values() if not item.settled]
+                progress(
+                    f"A/B process pair {self.pair}/{self.processes}: {len(self.items) - len(left)} of "
+                    f"{len(self.items)} items decided ({time.monotonic() - start:.0f} s)"
+                )
+                if not left or self.pair >= self.processes:
+                    return
+                self._start_pair()
+                collected, problems = self._collected()
+                missing = [i.nodeid for i in left if i.nodeid not in collected["A"] or i.nodeid not in collected["B"]]
+                if problems["A"] or problems["B"] or missing:
+                    raise WorkerGone(f"process pair {self.pair} collected other items than the first: {missing[:1]}")
+                self._order([item.nodeid for item in left])
         except WorkerGone as exc:
             self.broken = str(exc)
-            result.error = self.broken
-        return result
+            for item in self.items.values():
+                if not item.settled and item.error is None:
+                    item.error = self.broken
+        finally:
+            self._end_pair()
 
-    def _judge(self, result: ItemVerdict) -> None:
+    def _judge(self, item: ItemVerdict) -> None:
+        """One process pair's rounds of one item, added to its gates."""
         ready = {side: w.recv() for side, w in self.workers.items()}
-        errors = [f"side {side}: {msg[2]}" for side, msg in ready.items() if msg[0] == "error"]
         for side, msg in ready.items():
-            if msg[1] != result.nodeid:
-                raise WorkerGone(f"side {side} is at {msg[1]}, the controller at {result.nodeid}: out of step")
+            if msg[1] != item.nodeid:
+                raise WorkerGone(f"side {side} is at {msg[1]}, the controller at {item.nodeid}: out of step")
+        errors = [f"side {side}: {msg[2]}" for side, msg in ready.items() if msg[0] == "error"]
         if errors:
             for side, msg in ready.items():
                 if msg[0] == "ready":
                     self.workers[side].send("done")
-            result.error = "; ".join(errors)
+            item.error = "; ".join(errors)
             return
-        result.syncs = (ready["A"][2]["syncs_per_step"], ready["B"][2]["syncs_per_step"])
-        gates: dict[str, SequentialAB] = {}
-        serving = set(self.workers)
-        pairs = 0
+        if item.syncs == (None, None):
+            item.syncs = (ready["A"][2]["syncs_per_step"], ready["B"][2]["syncs_per_step"])
+        first, second = ("A", "B") if self.pair % 2 == 1 else ("B", "A")
+        rows: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+        serving = {"A", "B"}
+        began = time.monotonic()
         try:
-            while pairs < self.max_pairs:
-                block: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
-                for i in range(min(BLOCK, self.max_pairs - pairs)):
-                    order = ("A", "B") if (pairs + i) % 2 == 0 else ("B", "A")  # ABBA: each pair's order alternates
-                    for side in order:
-                        block[side].append(self._round(side, result.nodeid))
-                pairs += len(block["A"])
-                if self._look(gates, block):
+            for i in range(self.rounds_per_pair):
+                if i >= MIN_ROUNDS and time.monotonic() - began > ROUND_BUDGET_S:
                     break
+                for side in (first, second):
+                    rows[side].append(self._round(side, item.nodeid))
         except RoundError as exc:
             serving.discard(exc.side)  # that side left this item; the other still waits for "done"
-            result.error = str(exc)
+            item.error = str(exc)
         finally:
             for side in serving:
                 self.workers[side].send("done")
-        result.verdicts = {name: gate.verdict() for name, gate in gates.items()}
+        if item.error is None:
+            self._add(item, rows)
 
     def _round(self, side: str, nodeid: str) -> dict[str, float]:
         worker = self.workers[side]
@@ -253,49 +245,42 @@ class ABRun:
         metrics: dict[str, float] = reply[2]
         return metrics
 
-    def _look(self, gates: dict[str, SequentialAB], block: dict[str, list[dict[str, float]]]) -> bool:
-        """Feed one block to each metric's gate; True once every metric is decided, or one is worse (it fails)."""
-        names = [k for k in block["A"][0] if k in block["B"][0]]
+    def _add(self, item: ItemVerdict, rows: dict[str, list[dict[str, float]]]) -> None:
+        """Feed this process pair's rounds to each metric's gate (a metric with a NaN round cannot be judged)."""
+        pairs = list(zip(rows["A"], rows["B"], strict=False))
+        names = [k for k in rows["A"][0] if k in rows["B"][0]] if pairs else []
         for name in names:
-            a = [r[name] for r in block["A"]]
-            b = [r[name] for r in block["B"]]
-            if not all(v == v and v > 0 for v in (*a, *b)):  # a NaN (no decode step) cannot be judged
+            a = [ra[name] for ra, _ in pairs]
+            b = [rb[name] for _, rb in pairs]
+            if not all(v == v and v > 0 for v in (*a, *b)):
                 continue
-            gate = gates.setdefault(name, SequentialAB(self.threshold, max_pairs=self.max_pairs))
+            gate = item.gates.setdefault(name, ClusteredAB(self.threshold, max_processes=self.processes))
             if not gate.done:
                 gate.add(a, b)
-        if any(g.verdict().failed for g in gates.values()):
-            return True  # the item fails whatever the other metrics say: no need to sample on
-        return bool(gates) and all(g.done for g in gates.values())
+
+    # ------------------------------------------------------------------------------------------- reports
+    def verdict(self, nodeid: str) -> ItemVerdict | None:
+        return self.items.get(nodeid)
 
     def summary(self) -> list[str]:
         gate = f"{self.threshold * 100:g}%"
-        head = f"decode perf A/B: {self.sides.label}; gate {gate}, ABBA rounds, at most {self.max_pairs} pairs"
+        pinned = f"; both sides pinned to CPU {','.join(map(str, self.cpus))}" if self.cpus else ""
+        head = (
+            f"decode perf A/B: {self.sides.label}; gate {gate}, {self.pair} of at most {self.processes} process "
+            f"pairs, {self.rounds_per_pair} alternating round pairs each{pinned}"
+        )
         counts: dict[str, int] = {}
-        for r in self.results:
-            for v in r.verdicts.values():
-                counts[v.decision.value] = counts.get(v.decision.value, 0) + 1
-        order = [d.value for d in Decision]
-        tally = ", ".join(f"{counts[d]} {d.replace('_', ' ')}" for d in order if d in counts) or "no verdict"
-        return [head, *(r.line() for r in self.results), f"verdicts: {tally} (UNKNOWN never fails)"]
-
-    def skip(self, nodeid: str) -> None:
-        """The controller will not judge ``nodeid`` (its own setup failed): keep both workers in step."""
-        if self.broken is not None:
-            return
-        try:
-            for side, worker in self.workers.items():
-                message = worker.recv()
-                if message[1] != nodeid:
-                    raise WorkerGone(f"side {side} is at {message[1]}, the controller at {nodeid}: out of step")
-                if message[0] == "ready":
-                    worker.send("done")
-        except WorkerGone as exc:
-            self.broken = str(exc)
+        for item in self.items.values():
+            for v in item.verdicts.values():
+                key = "not judged" if v.note.startswith("not judged") else v.decision.value.replace("_", " ")
+                counts[key] = counts.get(key, 0) + 1
+        order = [*(d.value.replace("_", " ") for d in Decision), "not judged"]
+        tally = ", ".join(f"{counts[d]} {d}" for d in order if d in counts) or "no verdict"
+        return [
+            head,
+            *(item.line() for item in self.items.values()),
+            f"verdicts: {tally} (UNKNOWN never fails)",
+        ]
 
     def close(self) -> None:
-        """Close every pipe first (a worker still waiting reads EOF and exits), then reap both processes."""
-        for worker in self.workers.values():
-            worker.close_pipes()
-        for worker in self.workers.values():
-            worker.reap()
+        self._end_pair()

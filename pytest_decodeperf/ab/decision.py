@@ -42,6 +42,7 @@ class Verdict:
     threshold: float
     confidence: float = 0.99
     note: str = ""  # why the decision is UNKNOWN (or extra context)
+    processes: int = 0  # process pairs the pairs came from (0: one process pair, ``SequentialAB``)
 
     @property
     def failed(self) -> bool:
@@ -55,10 +56,13 @@ class Verdict:
         )
         if math.isnan(self.lo):
             return f"{word}: {self.note}" if self.note else word
+        if self.note.startswith("not judged"):
+            return f"{self.note} (x{self.ratio:.3f}, {self.confidence * 100:g}% CI {self.lo:.3f}-{self.hi:.3f})"
         extra = f"; {self.note}" if self.note else ""
+        where = f"{self.processes} process pairs, " if self.processes else ""
         return (
             f"{word} x{self.ratio:.3f} ({self.confidence * 100:g}% CI {self.lo:.3f}-{self.hi:.3f}, "
-            f"{self.n_pairs} pairs{extra})"
+            f"{where}{self.n_pairs} pairs{extra})"
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -68,9 +69,11 @@ class ABSession:
             rel_files = sorted({str(f.resolve().relative_to(self.sides.rootdir)) for f in files})
             args = self._worker_args(config, rel_files)
             check_options_at_ref(self.sides, tree, args)
-            self.run = ABRun(self.sides, tree, self.threshold, self.settings.ab_max_pairs, args)
+            s = self.settings
+            self.run = ABRun(self.sides, tree, self.threshold, s.ab_max_pairs, s.ab_processes, args, self._cpus())
             self._stack.callback(self.run.close)
-            self.not_at_ref, why = self.run.start(marked)
+            labels = {item.nodeid: item.name for item in items}
+            self.not_at_ref, why = self.run.start(marked, labels)
         except BaseException:
             self.close()
             raise
@@ -79,17 +82,30 @@ class ABSession:
             if item.nodeid in self.not_at_ref:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
-    def judge(self, nodeid: str, label: str) -> ItemVerdict | None:
+    def _cpus(self) -> tuple[int, ...] | None:
+        """The cores both sides are pinned to: the last ``threads`` this process may use (None: not pinned).
+
+        The same cores for A and B, so neither side gets the quieter core; not pinned where the thread
+        count is torch's own (CUDA by default) or the platform cannot pin.
+        """
+        threads = self.settings.threads or (1 if self.device == "cpu" else None)
+        if threads is None or not hasattr(os, "sched_getaffinity"):
+            return None
+        allowed = sorted(os.sched_getaffinity(0))
+        return tuple(allowed[-threads:]) if len(allowed) >= threads else None
+
+    def run_all(self, progress: Callable[[str], None]) -> None:
+        """Every process pair, before the items report (they look their verdicts up)."""
+        if self.run is not None and self.run.items:
+            self.run.run(progress)
+
+    def verdict(self, nodeid: str) -> ItemVerdict | None:
         if self.run is None or nodeid in self.not_at_ref:
             return None
-        return self.run.judge(nodeid, label)
-
-    def setup_failed(self, nodeid: str) -> None:
-        if self.run is not None and nodeid not in self.not_at_ref:
-            self.run.skip(nodeid)
+        return self.run.verdict(nodeid)
 
     def summary(self) -> list[str]:
-        return self.run.summary() if self.run is not None and self.run.results else []
+        return self.run.summary() if self.run is not None and self.run.items else []
 
     def close(self) -> None:
         self._stack.close()

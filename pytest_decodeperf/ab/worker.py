@@ -8,6 +8,11 @@ any test (every fixture, the user's autouse ones included) and then serves the c
 ``ready`` (warmed up, sync count attached) or ``error``; one ``round`` per request; ``done``.
 The item's own measurement is then skipped: the controller judges, the worker only times.
 
+Before its first warmup the worker pins itself to the CPUs the controller names
+(``DECODEPERF_AB_CPUS``): both sides on the same cores, so a slow or busy core slows A and B alike.
+This file imports nothing of the package at start (only pytest and the standard library): on side A
+the package is REF's, which may be older than this script.
+
 Messages are pickled tuples on two pipes the controller opened (``multiprocessing.connection``).
 """
 
@@ -27,10 +32,11 @@ PROTOCOL = 1
 
 
 class WorkerPlugin:
-    def __init__(self, inbox: Connection, outbox: Connection, foreign: str | None = None):
+    def __init__(self, inbox: Connection, outbox: Connection, foreign: str | None = None, cpus: set[int] | None = None):
         self.inbox = inbox
         self.outbox = outbox
         self.foreign = foreign  # side A: the checkout, whose code this side must not import
+        self.cpus = cpus  # pinned before the first warmup (not at start: collection may use every core)
         self.order: list[str] = []
 
     def _plugin(self, config: pytest.Config) -> Any:
@@ -47,11 +53,13 @@ class WorkerPlugin:
         if self.foreign is None:
             return []
         top = os.path.abspath(self.foreign) + os.sep
+        itself = os.path.abspath(__file__)  # this script (``__main__``, or ``__mp_main__`` once multiprocessing
+        # is imported) is the checkout's by design: the harness, never the code under test
         borrowed = sorted(
             f"{name} ({path})"
             for name, module in list(sys.modules.items())
-            if name != "__main__"
-            and (path := getattr(module, "__file__", None))
+            if (path := getattr(module, "__file__", None))
+            and os.path.abspath(path) != itself
             and os.path.abspath(path).startswith(top)
             and not os.path.abspath(path).startswith(sys.prefix + os.sep)  # a venv inside the checkout
         )
@@ -105,6 +113,9 @@ class WorkerPlugin:
             variant, _parity = plugin._item_param(item)
             model = item.stash[plugin.MODEL_KEY]
             rounds = PairedRounds(plugin._session(item.config).runner, model, variant)
+            if self.cpus and hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(0, self.cpus)
+                self.cpus = None
             rounds.warm()
             syncs = rounds.syncs_per_step()
         except Exception as exc:  # one line back to the controller, the whole trace in this side's log
@@ -135,7 +146,9 @@ def main(argv: list[str]) -> int:
     for fd in (read_fd, write_fd):
         os.set_inheritable(fd, False)  # a child process of a test must not hold the pipes open
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    plugin = WorkerPlugin(inbox, outbox, os.environ.pop("DECODEPERF_AB_FOREIGN", None))
+    cpus = os.environ.pop("DECODEPERF_AB_CPUS", "")
+    pinned = {int(c) for c in cpus.split(",") if c.strip()} or None
+    plugin = WorkerPlugin(inbox, outbox, os.environ.pop("DECODEPERF_AB_FOREIGN", None), pinned)
     code = int(pytest.main(pytest_args, plugins=[plugin]))
     try:
         outbox.send(("exit", code))

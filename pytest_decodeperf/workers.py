@@ -1,0 +1,130 @@
+"""Processes the plugin starts, and the one way to start them, talk to them and end them.
+
+The A/B's sides and the tensor-parallel ranks are both child Python processes that run a script of
+this package by its file path (so a child can put another tree first on ``sys.path``), each with two
+pipes to the parent and a log file. Messages are pickled tuples (``multiprocessing.connection``). A
+reply that does not come, a child that dies or a child that ends its session early raises
+``WorkerGone`` with one line (its exit code and the last line of its log); ``close_all`` closes every
+pipe first (a child waiting for orders reads EOF and finishes), then reaps each child, terminating
+one that does not finish in time. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from .errors import DecodePerfError
+
+REPLY_TIMEOUT_S = 1800.0  # a warmup with torch.compile on a big model can take minutes
+
+
+class WorkerGone(DecodePerfError):
+    """A child process died, ended early or fell silent: what it was doing cannot be finished."""
+
+
+class WorkerProcess:
+    """One child: ``python SCRIPT R,W ARGS...`` with two pipes (fds ``R`` and ``W`` on its side) and a log."""
+
+    def __init__(
+        self,
+        name: str,
+        script: Path,
+        args: Iterable[str],
+        cwd: Path,
+        log_path: Path,
+        env: Mapping[str, str],
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
+    ):
+        self.name = name
+        self.log_path = log_path
+        self.reply_timeout_s = reply_timeout_s
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        cmd = [sys.executable, str(script), f"{to_child_r},{from_child_w}", *args]
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(to_child_r, from_child_w),
+                env=dict(env),
+            )
+        os.close(to_child_r)
+        os.close(from_child_w)  # the child's end: reading sees EOF once it exits
+        self._out = Connection(to_child_w, readable=False)
+        self._in = Connection(from_child_r, writable=False)
+
+    def send(self, *message: Any) -> None:
+        try:
+            self._out.send(message)
+        except OSError:
+            raise WorkerGone(self.gone()) from None
+
+    def recv(self) -> tuple[Any, ...]:
+        """The next message; ``WorkerGone`` if the child exits first, says ``exit`` or stays silent too long."""
+        deadline = time.monotonic() + self.reply_timeout_s
+        while not self._in.poll(1.0):
+            if self.proc.poll() is not None and not self._in.poll(0.1):
+                raise WorkerGone(self.gone())
+            if time.monotonic() > deadline:
+                raise WorkerGone(f"{self.name} gave no answer in {self.reply_timeout_s:.0f} s ({self.log_path})")
+        try:
+            message: tuple[Any, ...] = self._in.recv()
+        except (EOFError, OSError):
+            raise WorkerGone(self.gone()) from None
+        if message[0] == "exit":  # its session ended before the parent was done with it
+            raise WorkerGone(self.gone())
+        return message
+
+    def gone(self) -> str:
+        """One line: how the child ended and the last line it logged."""
+        try:
+            code: int | str = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = "still running"
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        tail = [line for line in text.splitlines() if line.strip()][-1:]
+        last = f": {tail[0].strip()}" if tail else ""
+        return f"{self.name}'s process exited ({code}){last} (whole log: {self.log_path})"
+
+    def close_pipes(self) -> None:
+        for conn in (self._out, self._in):
+            conn.close()
+
+    def reap(self, timeout_s: float = 10.0) -> None:
+        """Wait a little for the child to finish, then terminate it, then kill it."""
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def close_all(workers: Iterable[WorkerProcess]) -> None:
+    """Every pipe first (a child still waiting reads EOF and exits), then every process."""
+    workers = list(workers)
+    for worker in workers:
+        worker.close_pipes()
+    for worker in workers:
+        worker.reap()
+
+
+def child_env(drop_prefixes: tuple[str, ...] = (), extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child: without variables that would make it recurse, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not (drop_prefixes and k.startswith(drop_prefixes))}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra or {})
+    return env
