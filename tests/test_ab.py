@@ -241,3 +241,40 @@ def test_a_ref_of_this_plugin_that_predates_an_option_given_is_one_line(tmp_path
     with pytest.raises(DecodePerfError, match=r"REF HEAD~1 \(aaaaaaaa\) predates --decodeperf-prompt-lens: its side"):
         check_options_at_ref(sides, tmp_path, args)
     check_options_at_ref(sides, tmp_path, args[:2])  # what it knows passes
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_this_repository_ab_tests_itself_from_a_clone_as_the_nightly_runs_it(tmp_path: Path) -> None:
+    """The nightly runs ``python -m pytest perf_tests --decodeperf --decodeperf-ab=REF`` in a checkout of this
+    repository: side A's worktree then holds pytest-decodeperf itself (its own plugin and engine), and the
+    worker script, the checkout's, must not be taken for borrowed code. A short budget: 3 process pairs."""
+    import subprocess
+    import sys
+
+    if not (ROOT / ".git").exists():
+        pytest.skip(f"{ROOT} is not a git checkout")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--no-hardlinks", str(ROOT), str(clone))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "perf_tests",
+        "--decodeperf",
+        "--decodeperf-ab=HEAD",
+        "-p",
+        "no:cacheprovider",
+    ]
+    cmd += ["--decodeperf-ab-processes=3", "--decodeperf-ab-max-pairs=12", "--decodeperf-fail-on-regression=100"]
+    cmd += ["--decodeperf-caches=dynamic", "--decodeperf-streams=baseline", "--decodeperf-batch-sizes=1"]
+    cmd += ["-k", "test_stream_overhead_without_stops"]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("DECODEPERF", "PYTEST_"))}
+    proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=600, check=False, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "1 passed" in out and "imported the checkout's code" not in out
+    assert "A/B process pair 3/3" in out and "syncs/step 0 -> 0" in out
+    assert f"B = {git(clone, 'rev-parse', 'HEAD')[:8]} (the checkout) against A = " in out
+    assert len(worktrees(clone)) == 1
