@@ -380,10 +380,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         for line in ab.summary():
             terminalreporter.write_line(line)
     session = _session(config)
-    if not session.records:
-        return
-    terminalreporter.write_sep("=", "decode perf")
-    terminalreporter.write_line(session.summary())
+    if session.records:
+        terminalreporter.write_sep("=", "decode perf")
+        terminalreporter.write_line(session.summary())
     for message in session.messages:
         terminalreporter.write_line(message)
 
@@ -395,6 +394,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if workeroutput is not None:  # an xdist worker: hand records to the controller
         workeroutput[RECORDS_KEY] = json.dumps(dp.records)
         return
+    ab = _ab(config)
+    if ab is not None and ab.records() and dp.settings.json is not None:
+        dp.write_json(dp.settings.json, ab=ab.records())
+        dp.messages.append(f"decode perf A/B verdicts written to {dp.settings.json}")
     if not dp.records:
         return
     if dp.settings.json is not None:

@@ -1,7 +1,8 @@
 """The JSON record of one measured variant: the interchange format of reports, asv and plots.
 
 ``--decodeperf-json`` writes ``{"machine": MachineInfo, "results": [ResultRecord, ...]}``; the asv
-history writer, the regression gate and the plots read the same records.
+history writer, the regression gate and the plots read the same records. Under ``--decodeperf-ab``
+it writes ``{"machine": MachineInfo, "ab": [ABRecord, ...]}``: the A/B's verdicts, one per item.
 """
 
 from __future__ import annotations
@@ -88,3 +89,28 @@ class ResultRecord(TypedDict):
     kv_cache_allocated_bytes: int | None  # CUDA, static cache: the bytes it asked the caching allocator for
     generation_peak_bytes: int | None  # CUDA: the memory round's peak over what was resident when it began
     canary_ms: float | None  # the run's drift canary (machine speed), set when history is written
+
+
+class ABMetric(TypedDict):
+    """One metric's A/B verdict (``ab/clustered.py``); ratios are B/A, above 1 is slower."""
+
+    decision: str  # "different_worse" (fails), "different_better", "same" or "unknown" (never fails)
+    judged: bool  # False: too noisy to be shown within the gate in the process budget ("not judged")
+    ratio: float | None
+    ci_low: float | None  # the interval at the run's confidence (99%), simultaneous over its looks
+    ci_high: float | None
+    processes: int  # process pairs behind it (each one observation)
+    pairs: int  # round pairs behind it, all process pairs together
+    note: str
+
+
+class ABRecord(TypedDict):
+    test: str  # pytest nodeid
+    ref: str  # REF as given (or the default's name)
+    a_commit: str
+    b_commit: str
+    gate_pct: float
+    failed: bool
+    error: str | None  # why the item has no verdict (a side's setup failed, a worker died)
+    metrics: dict[str, ABMetric]  # "ms_per_token", "prefill_ms"
+    syncs_per_step: list[float | None]  # [A, B], exact: a rise fails

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .atomic import write_json_atomic
 from .errors import DecodePerfError
 from .options import Settings
-from .records import MachineInfo, ResultRecord
+from .records import ABRecord, MachineInfo, ResultRecord
 from .report import render_table
 
 if TYPE_CHECKING:
@@ -128,8 +128,14 @@ class DecodePerfSession:
     def summary(self) -> str:
         return render_table(self.records, title=f"pytest-decodeperf on {self.records[0]['device']}")
 
-    def write_json(self, path: Path) -> None:
-        write_json_atomic(path, {"machine": self.machine(), "results": self.records})
+    def write_json(self, path: Path, ab: list[ABRecord] | None = None) -> None:
+        """``{"machine": ..., "results": [...]}``; under the A/B ``{"machine": ..., "ab": [...]}`` (records.py)."""
+        body = (
+            {"machine": self.machine(), "results": self.records}
+            if ab is None
+            else {"machine": self.machine(), "ab": ab}
+        )
+        write_json_atomic(path, body)
 
     def asv_results_dir(self) -> Path:
         """Where history lives: --decodeperf-asv=PATH, else asv.conf.json's results_dir."""

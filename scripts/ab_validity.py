@@ -1,165 +1,237 @@
-"""Live validity of the same-session A/B gate on this machine: false alarms, detection, decision time.
+"""Live validity of ``--decodeperf-ab`` as users run it: real pytest sessions in a temporary user project.
 
-For each model, ``--decisions`` A/B decisions per condition: A/A (no change) and injected slowdowns
-(a forward hook that busy-waits a fixed fraction of the measured plain step time, the way a
-``decode_model`` override would add work). Each decision is what ``--decodeperf-ab`` does for one
-variant: both sides warmed, then single timed rounds in ABBA order, blocks of 10 pairs, the
-sequential gate (``pytest_decodeperf.ab``) on ms/token and prefill, at most 200 pairs; a decision
-fails only on a significant slowdown beyond the gate. Both sides run in this one process (the A/B
-workers add a pipe message per round, not timing), on the same model object, hook on or off.
+The plugin is installed into a fresh virtual environment the way a user installs it (``pip install
+<this checkout>``, not editable; ``--python`` reuses an interpreter that has it). A temporary git
+project holds one test file (two variants: dynamic cache, baseline and pipelined, batch 2, 32 new
+tokens, no stop) and a ``decode_model`` fixture that adds a busy-wait to every forward, 0 s at its
+first commit. Per model and condition, ``pytest perf --decodeperf --decodeperf-ab=REF`` runs as a
+separate session (new controller, new worktree, new workers) and its ``--decodeperf-json`` verdicts are
+tallied:
 
-This times real generations: a benchmark, never a CI test. Prints a markdown table for the README.
+* A/A: REF is HEAD itself, nothing differs;
+* +X%: a second commit busy-waits X% of the step time measured first (a plain ``--decodeperf`` run of
+  the first commit, the baseline variant's ms/token), and REF is the first commit.
 
-    python scripts/ab_validity.py --aa-decisions 100 --decisions 40 --models tiny-gpt2,tiny-llama-gqa
+Each variant's ms/token verdict is one decision; prefill's is tallied apart. A session fails when
+pytest exits non-zero. This times real generations for minutes to hours: a benchmark, never a CI
+test (CI runs it once with tiny settings to see it work, no rate asserted). Prints one markdown table
+row per model and condition, and the whole table at the end, for the README:
+
+    python scripts/ab_validity.py --models tiny-gpt2,tiny-llama-gqa --aa-sessions 25 --sessions 10
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+CONFTEST = """
+import time
 
-from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.ab import Decision, SequentialAB
-from pytest_decodeperf.engine.paired import PairedRounds
+import pytest
+from pytest_decodeperf import build_model
 
-GATE = 0.05
-BLOCK = 10  # pairs between two looks of the in-process gate
+EXTRA_S = {extra!r}  # busy-wait per forward: the injected slowdown (0 at the first commit)
 
 
-class Injected:
-    """Busy-wait ``seconds`` after every forward while ``on`` (a slowdown that only B sees)."""
+@pytest.fixture(scope="session")
+def _models():
+    return {{}}
 
-    def __init__(self, model: torch.nn.Module):
-        self.seconds = 0.0
-        self.on = False
-        model.register_forward_hook(self._hook)
 
-    def _hook(self, *_: Any) -> None:
-        if self.on and self.seconds:
-            end = time.perf_counter() + self.seconds
+@pytest.fixture
+def decode_model(decode_variant, _models):
+    key = (decode_variant.model, decode_variant.dtype)
+    if key not in _models:
+        model = build_model(decode_variant.model, dtype=decode_variant.dtype)
+
+        def work(*_):
+            end = time.perf_counter() + EXTRA_S
             while time.perf_counter() < end:
                 pass
 
+        if EXTRA_S:
+            model.register_forward_hook(work)
+        _models[key] = model
+    return _models[key]
+"""
+TEST = """
+import pytest
+
+
+@pytest.mark.decode_perf(models={model!r}, cache="dynamic", stream=("baseline", "pipelined"), batch_size=2,
+                         new_tokens={new_tokens}, stop="none")
+def test_decode(decode_result):
+    pass
+"""
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DECODEPERF", "PYTEST_"))}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+def git(cwd: Path, *args: str) -> str:
+    out = run(["git", "-c", "user.email=ab@validity", "-c", "user.name=ab-validity", *args], cwd)
+    if out.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def make_venv(where: Path) -> Path:
+    """A fresh venv with this checkout installed as users install it (CPU torch and transformers pinned)."""
+    print(f"# installing the plugin into a fresh venv at {where} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+    python = where / "bin" / "python"
+    constraints = str(ROOT / ".ci" / "constraints.txt")
+    for args in (["torch"], [str(ROOT)]):
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", constraints, *args], check=True)
+    return python
+
+
+def make_project(where: Path, model: str, new_tokens: int) -> Path:
+    where.mkdir(parents=True)
+    (where / "perf").mkdir()
+    (where / "perf" / "test_decode.py").write_text(TEST.format(model=model, new_tokens=new_tokens))
+    (where / "conftest.py").write_text(CONFTEST.format(extra=0.0))
+    git(where, "init", "-q", "-b", "main")
+    git(where, "add", "-A")
+    git(where, "commit", "-q", "-m", "the code under test")
+    return where
+
 
 @dataclass
-class Tally:
-    decisions: list[dict[str, Decision]] = field(default_factory=list)
-    pairs: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
+class Condition:
+    label: str
+    sessions: int = 0
+    failed: int = 0
+    ms: list[str] = field(default_factory=list)  # ms/token decision per variant
+    prefill: list[str] = field(default_factory=list)  # prefill decision, or "not judged"
     ratios: list[float] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
 
-    def rate(self, metric: str, decision: Decision) -> float:
-        return sum(d.get(metric) is decision for d in self.decisions) / len(self.decisions)
+    def share(self, values: list[str], *words: str) -> str:
+        return f"{sum(v in words for v in values) / len(values):.0%}" if values else "-"
 
-    def failed(self) -> float:
-        return sum(any(v is Decision.DIFFERENT_WORSE for v in d.values()) for d in self.decisions) / len(self.decisions)
-
-
-def decide(a: PairedRounds, b: PairedRounds, hook: Injected, max_pairs: int) -> tuple[dict[str, Any], int, float]:
-    """One A/B decision: ABBA rounds in blocks until every metric is decided or the budget is spent."""
-    gates: dict[str, SequentialAB] = {}
-    pairs = 0
-    start = time.perf_counter()
-
-    def timed(side: str) -> dict[str, float]:
-        hook.on = side == "B"
-        try:
-            return (a if side == "A" else b).round()
-        finally:
-            hook.on = False
-
-    while pairs < max_pairs:
-        block: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
-        for i in range(BLOCK):
-            for side in ("A", "B") if (pairs + i) % 2 == 0 else ("B", "A"):
-                block[side].append(timed(side))
-        pairs += BLOCK
-        for name in block["A"][0]:
-            gate = gates.setdefault(name, SequentialAB(GATE, max_pairs=max_pairs))
-            if not gate.done:
-                gate.add([r[name] for r in block["A"]], [r[name] for r in block["B"]])
-        if any(g.verdict().failed for g in gates.values()) or all(g.done for g in gates.values()):
-            break  # as the controller: a metric proven worse fails the item, nothing more to sample
-    verdicts = {name: gate.verdict() for name, gate in gates.items()}
-    return verdicts, pairs, time.perf_counter() - start
-
-
-def run_model(
-    name: str, decisions: int, aa_decisions: int, slowdowns: list[float], max_pairs: int, new_tokens: int
-) -> list[str]:
-    runner = Runner("cpu", rounds=5, warmup=1, profile_gpu=False, threads=1)
-    variant = Variant(name, "dynamic", "baseline", 1, new_tokens, stop="none")
-    model = runner.model(name)
-    hook = Injected(model)
-    start = time.perf_counter()
-    plain = runner.run(variant, model)  # what the plugin does for one variant, once
-    once_s = time.perf_counter() - start
-    step_s = plain.measurement.ms_per_token / 1e3
-    a, b = PairedRounds(runner, model, variant), PairedRounds(runner, model, variant)
-    a.warm()
-    hook.on = True
-    b.warm()
-    hook.on = False
-    rows = []
-    for slowdown in [0.0, *slowdowns]:
-        hook.seconds = slowdown * step_s
-        tally = Tally()
-        n = aa_decisions if slowdown == 0 else decisions
-        for i in range(n):
-            verdicts, pairs, seconds = decide(a, b, hook, max_pairs)
-            tally.decisions.append({k: v.decision for k, v in verdicts.items()})
-            tally.pairs.append(pairs)
-            tally.seconds.append(seconds)
-            tally.ratios.append(verdicts["ms_per_token"].ratio)
-            print(f"  {name} +{slowdown:.0%} #{i + 1}: {verdicts['ms_per_token'].message()}", flush=True)
-        worse = tally.rate("ms_per_token", Decision.DIFFERENT_WORSE)
-        same = tally.rate("ms_per_token", Decision.SAME)
-        unknown = tally.rate("ms_per_token", Decision.UNKNOWN)
-        label = "A/A" if slowdown == 0 else f"+{slowdown:.0%} per forward"
-        decision_s = statistics.median(tally.seconds)
-        rows.append(
-            f"| {name} | {label} | {n} | {worse:.0%} | {same:.0%} | {unknown:.0%} | {tally.failed():.0%} | "
-            f"x{statistics.median(tally.ratios):.3f} | {statistics.median(tally.pairs):.0f} | "
-            f"{decision_s:.1f} s ({decision_s / once_s:.1f}x) |"
+    def row(self, model: str) -> str:
+        ratio = f"x{statistics.median(self.ratios):.3f}" if self.ratios else "-"
+        procs = f"{statistics.median(self.processes):.0f}" if self.processes else "-"
+        return (
+            f"| {model} | {self.label} | {len(self.ms)} | {self.share(self.ms, 'different_worse')} | "
+            f"{self.share(self.ms, 'different_worse', 'different_better')} | {self.share(self.ms, 'same')} | "
+            f"{self.share(self.ms, 'unknown')} | {self.share(self.prefill, 'same')} / "
+            f"{self.share(self.prefill, 'not judged')} | {self.failed}/{self.sessions} | {ratio} | {procs} | "
+            f"{statistics.median(self.seconds):.0f} s |"
         )
+
+
+HEADER = [
+    "| model | B | decisions | ms/token WORSE | DIFFERENT | SAME | UNKNOWN | prefill SAME / not judged | "
+    "sessions failed | median B/A | median process pairs | median session |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def session(python: Path, project: Path, ref: str, options: list[str], cond: Condition) -> None:
+    out = project / "ab.json"
+    out.unlink(missing_ok=True)
+    cmd = [str(python), "-m", "pytest", "perf", "--decodeperf", f"--decodeperf-ab={ref}", f"--decodeperf-json={out}"]
+    cmd += ["-p", "no:cacheprovider", *options]
+    start = time.monotonic()
+    proc = run(cmd, project)
+    cond.seconds.append(time.monotonic() - start)
+    cond.sessions += 1
+    cond.failed += proc.returncode != 0
+    if not out.exists():
+        raise SystemExit(f"no verdicts from `{' '.join(cmd)}` (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    for record in json.loads(out.read_text())["ab"]:
+        if record["error"]:
+            raise SystemExit(f"{record['test']}: no verdict: {record['error']}")
+        ms, pre = record["metrics"].get("ms_per_token"), record["metrics"].get("prefill_ms")
+        if ms is not None:
+            cond.ms.append(ms["decision"])
+            cond.processes.append(ms["processes"])
+            if ms["ratio"] is not None:
+                cond.ratios.append(ms["ratio"])
+        if pre is not None:
+            cond.prefill.append(pre["decision"] if pre["judged"] else "not judged")
+        said = (
+            "-"
+            if ms is None
+            else f"{ms['decision']} x{ms['ratio'] or float('nan'):.3f} ({ms['processes']} process pairs)"
+        )
+        print(f"  {cond.label} #{cond.sessions}: {record['test'].split('[')[-1][:-1]}: ms/token {said}", flush=True)
+
+
+def step_ms(python: Path, project: Path, options: list[str]) -> float:
+    """The baseline variant's ms/token in a plain run of the first commit."""
+    out = project / "plain.json"
+    proc = run([str(python), "-m", "pytest", "perf", "--decodeperf", f"--decodeperf-json={out}", *options], project)
+    if proc.returncode != 0 or not out.exists():
+        raise SystemExit(f"the plain run failed:\n{proc.stdout[-3000:]}")
+    records = json.loads(out.read_text())["results"]
+    out.unlink()
+    return float(next(r["ms_per_token"] for r in records if r["stream"] == "baseline"))
+
+
+def run_model(python: Path, model: str, args: argparse.Namespace, options: list[str], work: Path) -> list[str]:
+    project = make_project(work / model, model, args.new_tokens)
+    first = git(project, "rev-parse", "HEAD")
+    step = step_ms(python, project, options)
+    print(f"# {model}: baseline step {step:.3f} ms (plain run)", flush=True)
+    rows = []
+    for slowdown in [0.0, *args.slowdowns]:
+        git(project, "reset", "-q", "--hard", first)
+        ref = "HEAD"
+        if slowdown:
+            (project / "conftest.py").write_text(CONFTEST.format(extra=slowdown * step / 1e3))
+            git(project, "commit", "-q", "-am", f"+{slowdown:.0%} per forward")
+            ref = first
+        cond = Condition("A/A" if not slowdown else f"+{slowdown:.0%} per step")
+        for _ in range(args.aa_sessions if not slowdown else args.sessions):
+            session(python, project, ref, options, cond)
+        rows.append(cond.row(model))
         print(rows[-1], flush=True)
-    print(f"  {name}: one plain measurement (warmup 1 + 5 rounds + parity + syncs) took {once_s:.1f} s", flush=True)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--decisions", type=int, default=100, help="per injected slowdown")
-    parser.add_argument("--aa-decisions", type=int, default=100, help="A/A decisions (no change)")
     parser.add_argument("--models", default="tiny-gpt2,tiny-llama-gqa")
-    parser.add_argument("--slowdowns", default="0.02,0.05,0.10", help="injected work per forward, fractions")
-    parser.add_argument("--max-pairs", type=int, default=200)
-    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--aa-sessions", type=int, default=25, help="A/A sessions per model (2 decisions each)")
+    parser.add_argument("--sessions", type=int, default=10, help="sessions per model and injected slowdown")
+    parser.add_argument("--slowdowns", default="0.02,0.05,0.10", help="busy-wait per forward, fractions of a step")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--python", type=Path, help="an interpreter with the plugin installed (default: a fresh venv)")
+    parser.add_argument("--pytest-args", default="", help="extra options for every session, e.g. the A/B budget")
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    header = [
-        "| model | B | decisions | ms/token WORSE | SAME | UNKNOWN | session fails (any metric) | median B/A | "
-        "median pairs | median decision time (x one measurement) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    rows: list[str] = []
-    run: Callable[[str], list[str]] = lambda m: run_model(  # noqa: E731
-        m,
-        args.decisions,
-        args.aa_decisions,
-        [float(s) for s in args.slowdowns.split(",") if s],
-        args.max_pairs,
-        args.new_tokens,
-    )
-    for name in [m for m in args.models.split(",") if m]:
-        rows += run(name)
-    print("\n".join([*header, *rows]))
+    args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
+    options = args.pytest_args.split()
+    work = Path(tempfile.mkdtemp(prefix="ab-validity-"))
+    try:
+        python = Path(os.path.abspath(args.python)) if args.python else make_venv(work / "venv")
+        started = datetime.datetime.now(datetime.timezone.utc)
+        rows: list[str] = []
+        for model in [m for m in args.models.split(",") if m]:
+            rows += run_model(python, model, args, options, work)
+        command = " ".join(["python scripts/ab_validity.py", *(argv if argv is not None else sys.argv[1:])])
+        print(f"\n{started:%Y-%m-%d}, {platform.node()} ({os.cpu_count()} CPUs), `{command}`:\n")
+        print("\n".join([*HEADER, *rows]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

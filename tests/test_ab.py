@@ -11,6 +11,7 @@ come from ``scripts/ab_validity.py`` and stand in the README.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ import pytest
 def test_decode():
     assert False, "under --decodeperf-ab the body runs in neither the controller nor the workers"
 """
+STREAMS = ("baseline", "pipelined")
 ARGS = ["--decodeperf", "--decodeperf-ab-processes=3", "--decodeperf-ab-max-pairs=15", "--decodeperf-warmup=1"]
 ARGS += ["-p", "no:cacheprovider"]
 
@@ -71,8 +73,16 @@ def test_a_slowdown_commit_fails_naming_the_variant_the_ratio_and_the_interval(
     pytester: pytest.Pytester, repo: Path
 ) -> None:
     commit_slowdown(pytester, repo, 0.004)
-    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab")
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab", "--decodeperf-json=ab.json")
     result.assert_outcomes(failed=2)
+    ab = json.loads((repo / "ab.json").read_text())["ab"]
+    assert [r["test"] for r in ab] == [f"test_decode.py::test_decode[tiny-gpt2-dynamic-{s}-b1]" for s in STREAMS]
+    for record in ab:
+        assert record["failed"] and record["ref"] == "HEAD~1" and record["gate_pct"] == 5.0
+        ms = record["metrics"]["ms_per_token"]
+        assert ms["decision"] == "different_worse" and ms["judged"] and ms["processes"] == 3 and ms["pairs"] == 15
+        assert 1.0 < ms["ci_low"] < ms["ratio"] < ms["ci_high"]
+        assert record["syncs_per_step"] == [0, 0] and record["error"] is None
     result.stdout.fnmatch_lines(
         [
             "A/B process pair 1/3: * items decided (* s)",

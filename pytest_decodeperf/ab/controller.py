@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DecodePerfError
+from ..records import ABMetric, ABRecord
 from ..workers import WorkerGone, WorkerProcess, child_env, close_all
 from .checkout import Sides
 from .clustered import ClusteredAB
@@ -73,6 +74,35 @@ class ItemVerdict:
             return True
         waited = [g for name, g in self.gates.items() if name == PRIMARY or not g.hopeless()]
         return bool(self.gates) and all(g.done for g in waited)
+
+    def record(self, sides: Sides, threshold: float) -> ABRecord:
+        def nan_none(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        metrics = {
+            name: ABMetric(
+                decision=v.decision.value,
+                judged=not v.note.startswith("not judged"),
+                ratio=nan_none(v.ratio),
+                ci_low=nan_none(v.lo),
+                ci_high=nan_none(v.hi),
+                processes=v.processes,
+                pairs=v.n_pairs,
+                note=v.note,
+            )
+            for name, v in self.verdicts.items()
+        }
+        return ABRecord(
+            test=self.nodeid,
+            ref=sides.ref,
+            a_commit=sides.a_commit,
+            b_commit=sides.b_commit,
+            gate_pct=100.0 * threshold,
+            failed=self.failed,
+            error=self.error,
+            metrics=metrics,
+            syncs_per_step=list(self.syncs),
+        )
 
     def line(self) -> str:
         if self.error is not None:
@@ -261,6 +291,9 @@ class ABRun:
     # ------------------------------------------------------------------------------------------- reports
     def verdict(self, nodeid: str) -> ItemVerdict | None:
         return self.items.get(nodeid)
+
+    def records(self) -> list[ABRecord]:
+        return [item.record(self.sides, self.threshold) for item in self.items.values()]
 
     def summary(self) -> list[str]:
         gate = f"{self.threshold * 100:g}%"

@@ -15,6 +15,7 @@ import pytest
 
 from ..errors import DecodePerfError
 from ..options import Settings
+from ..records import ABRecord
 from .checkout import Sides, check_files_at_ref, check_options_at_ref, resolve_sides, worktree
 from .controller import ABRun, ItemVerdict
 
@@ -103,6 +104,9 @@ class ABSession:
         if self.run is None or nodeid in self.not_at_ref:
             return None
         return self.run.verdict(nodeid)
+
+    def records(self) -> list[ABRecord]:
+        return self.run.records() if self.run is not None else []
 
     def summary(self) -> list[str]:
         return self.run.summary() if self.run is not None and self.run.items else []
