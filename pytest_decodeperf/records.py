@@ -89,6 +89,7 @@ class ResultRecord(TypedDict):
     kv_cache_allocated_bytes: int | None  # CUDA, static cache: the bytes it asked the caching allocator for
     generation_peak_bytes: int | None  # CUDA: the memory round's peak over what was resident when it began
     canary_ms: float | None  # the run's drift canary (machine speed), set when history is written
+    canary_samples_ms: list[float]  # its timings at the run's start (when an item ran) and end (older: absent)
 
 
 class ABMetric(TypedDict):

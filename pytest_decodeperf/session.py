@@ -6,6 +6,7 @@ only when a run needs it.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,7 @@ class DecodePerfSession:
     _runner: Runner | None = None
     _device: torch.device | None = None
     _canary_ms: float | None = None
+    _canary_samples: list[float] = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -69,13 +71,17 @@ class DecodePerfSession:
         """The torch threads measurements pin: the option, else 1 on CPU (steady on a shared machine)."""
         return self.settings.threads or (1 if self.device.type == "cpu" else None)
 
-    def canary_ms(self) -> float:
-        """The drift canary of this run (timed once, when first asked: at the end, before history)."""
-        if self._canary_ms is None:
-            from .engine.machine import drift_canary_ms
+    def time_canary(self) -> float:
+        """Time the drift canary now (at the run's start and end, when history is kept) and keep the figure."""
+        from .engine.machine import drift_canary_ms
 
-            self._canary_ms = drift_canary_ms(self.device, self.threads)
-        return self._canary_ms
+        self._canary_samples.append(drift_canary_ms(self.device, self.threads))
+        self._canary_ms = statistics.median(self._canary_samples)
+        return self._canary_samples[-1]
+
+    @property
+    def wants_history(self) -> bool:
+        return self.settings.asv is not None or self.settings.compare is not None
 
     def machine(self) -> MachineInfo:
         from .engine.machine import machine_info
@@ -106,6 +112,8 @@ class DecodePerfSession:
             return
         import torch
 
+        if self.wants_history and not self._canary_samples:
+            self.time_canary()  # the machine's speed as the run starts: compare.py bounds its move with it
         try:
             result = self.runner.run(
                 variant, model, parity=outcome.parity_required, max_syncs_per_step=outcome.max_syncs_per_step
@@ -153,9 +161,10 @@ class DecodePerfSession:
 
         commit = current_commit(rootdir)
         results_dir = self.asv_results_dir()
-        canary = self.canary_ms()
+        self.time_canary()  # and as it ends
         for rec in self.records:
-            rec["canary_ms"] = canary
+            rec["canary_ms"] = self._canary_ms
+            rec["canary_samples_ms"] = list(self._canary_samples)
         ok = True
         if self.settings.compare is not None:
             ref = None if self.settings.compare == "latest" else self.settings.compare

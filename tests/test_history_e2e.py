@@ -93,6 +93,10 @@ def test_a_slowdown_fails_the_gate_and_an_unchanged_commit_does_not(pytester: py
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines(["*nothing to compare with*", "*decode perf history written to*"])
     c1 = git(repo, "rev-parse", "HEAD")
+    (results,) = (repo / ".asv" / "results").glob(f"*/{c1[:8]}-decodeperf-cpu.json")
+    stored = json.loads(results.read_text())["results"]
+    canary = next(v for k, v in stored.items() if k.endswith(".track_drift_canary"))
+    assert len(canary[-1][0]) == 2  # its samples: the canary timed as the run started and as it ended
 
     slow = commit_and_run(pytester, repo, "slow", 0.02)  # +20 ms per step on a 1-8 ms step: 3x or more
     assert slow.ret == pytest.ExitCode.TESTS_FAILED, slow.stdout.str()

@@ -60,23 +60,50 @@ def test_a_20_percent_slower_commit_is_a_regression(repo: Repo) -> None:
     assert "3 worsened, 0 improved, 0 unchanged, 0 not compared" in table
 
 
-def test_a_regression_on_a_drifted_machine_gives_no_verdict_and_never_fails(repo: Repo) -> None:
-    old = make_record(ms=2.0, seed=1)
-    old["canary_ms"] = 10.0
+def drifted(repo: Repo, old_ms: float, new_ms: float, old_canary: list[float], new_canary: list[float]) -> Comparison:
+    old = make_record(ms=old_ms, seed=1)
+    old["canary_ms"], old["canary_samples_ms"] = sorted(old_canary)[len(old_canary) // 2], old_canary
     write(repo, 0, [old])
-    now = make_record(ms=2.4, seed=2)
-    now["canary_ms"] = 13.0  # the machine itself ran 30% slower: the 20% cannot be told from it
+    now = make_record(ms=new_ms, seed=2)
+    now["canary_ms"], now["canary_samples_ms"] = sorted(new_canary)[len(new_canary) // 2], new_canary
     write(repo, 1, [now])
-    cmp = compare(repo, 1, [now])
-    assert cmp.regressions and not cmp.failed
-    assert cmp.drift is not None and "moved x1.30 between the two runs" in cmp.drift
-    assert "10.00 ms -> 13.00 ms" in cmp.drift and "--decodeperf-ab" in cmp.drift
+    return compare(repo, 1, [now])
+
+
+def test_a_slowdown_the_machines_own_move_explains_is_no_verdict_for_that_metric_and_never_fails(repo: Repo) -> None:
+    cmp = drifted(repo, 2.0, 2.4, [10.0, 10.0], [13.0, 13.0])  # the machine itself ran 30% slower
+    decode = row(cmp)
+    assert decode.mark == "?" and not cmp.failed and not cmp.regressions
+    assert "no verdict: the machine moved x1.30-x1.30 (drift canary), which could explain x1.20" in decode.note
+    assert cmp.drift is not None and cmp.drift.ratio == pytest.approx(1.3)
     table = render_table(cmp)
-    assert "no verdict: the machine's own speed moved x1.30" in table
-    assert (
-        row(cmp, "track_drift_canary").mark == " "
-        and "not gated: the machine's speed" in row(cmp, "track_drift_canary").note
-    )
+    assert "the machine's own speed moved x1.30 between the two runs" in table and "10.00 ms -> 13.00 ms" in table
+    assert "No verdict:" in table and "0 worsened, 0 improved, 3 no verdict" in table
+    canary = row(cmp, "track_drift_canary")
+    assert canary.mark == " " and "not gated: the machine's speed" in canary.note
+
+
+@pytest.mark.parametrize("canary", [[8.5, 8.5], [10.0, 13.0], [13.0, 13.0]])
+def test_a_slowdown_far_beyond_the_canarys_move_fails_whatever_the_canary_did(repo: Repo, canary: list[float]) -> None:
+    """The 2.8x slowdown that passed when the canary moved x0.85: a change far beyond the drift is not drift."""
+    cmp = drifted(repo, 2.0, 5.6, [10.0, 10.0], canary)
+    assert row(cmp).mark == "+" and cmp.failed
+    assert "time_decode_per_token" in {r.benchmark.rsplit(".", 1)[1] for r in cmp.regressions}
+
+
+def test_a_drift_during_one_run_widens_what_the_machine_can_explain(repo: Repo) -> None:
+    """The canary at the run's start and end: the decode ran somewhere between the two machine states."""
+    steady = drifted(repo, 2.0, 2.4, [10.0, 10.0], [10.0, 10.2])
+    assert row(steady).mark == "+" and steady.failed
+    cmp = drifted(repo, 2.0, 2.4, [10.0, 10.0], [10.0, 12.5])  # slowed by up to 25% while it ran
+    assert row(cmp).mark == "?" and not cmp.failed
+
+
+def test_a_machine_that_got_faster_could_hide_a_slowdown_so_an_unchanged_metric_is_no_verdict(repo: Repo) -> None:
+    cmp = drifted(repo, 2.0, 2.0, [10.0, 10.0], [8.0, 8.0])
+    decode = row(cmp)
+    assert decode.mark == "?" and "could hide a change beyond the gate (x1.00-x1.25)" in decode.note
+    assert not cmp.failed
 
 
 def test_a_rise_in_an_exact_count_fails_even_on_a_drifted_machine(repo: Repo) -> None:
@@ -87,7 +114,7 @@ def test_a_rise_in_an_exact_count_fails_even_on_a_drifted_machine(repo: Repo) ->
     now["canary_ms"], now["syncs_per_step"] = 13.0, 1.0  # a new host read per step: not the machine's doing
     write(repo, 1, [now])
     cmp = compare(repo, 1, [now])
-    assert cmp.drift is not None and cmp.failed
+    assert cmp.drift is not None and cmp.drift.moved(1.05) and cmp.failed
     assert [r.benchmark.rsplit(".", 1)[1] for r in cmp.regressions] == ["track_syncs_per_step"]
 
 
@@ -99,7 +126,8 @@ def test_a_regression_on_a_steady_machine_still_fails(repo: Repo) -> None:
     now["canary_ms"] = 10.3  # within the 5% gate
     write(repo, 1, [now])
     cmp = compare(repo, 1, [now])
-    assert cmp.drift is None and cmp.failed
+    assert cmp.drift is not None and not cmp.drift.moved(1.05) and cmp.failed
+    assert row(cmp).mark == "+" and "moved" not in render_table(cmp)
 
 
 def test_the_same_distribution_again_is_not_flagged(repo: Repo) -> None:

@@ -144,6 +144,7 @@ class VariantResult:
             kv_cache_allocated_bytes=roof["kv_cache_allocated_bytes"],
             generation_peak_bytes=m.generation_peak_bytes,
             canary_ms=None,
+            canary_samples_ms=[],
         )
 
 

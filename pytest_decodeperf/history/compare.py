@@ -5,6 +5,14 @@ the samples when there are enough of them, else non-overlapping 99% confidence i
 gate and ``asv compare --factor`` never disagree. A difference beyond ``fail_pct`` that the
 statistics cannot tell from noise is shown as "~" and never fails a run: CPU timings swing by tens
 of percent, and a gate that fails on noise gets switched off.
+
+Two runs are two machine states. Every run times a fixed matmul loop (the drift canary,
+``engine/machine.py``) at its start and its end; between two runs the machine's speed moved by a
+factor the canary bounds (``Drift``). Each timed metric is judged against that move: a slowdown fails
+only if it is beyond the gate even when the canary's whole move (and nothing at all, the other
+extreme) is put down to the machine; one the move could explain is "no verdict" for that metric
+alone (``?``), and so is an unchanged metric whose real change the move could hide. Exact counts
+(syncs/step) fail on any rise, whatever the canary did.
 """
 
 from __future__ import annotations
@@ -27,7 +35,13 @@ from .config import commit_date_ms, local_repo, machine_name
 from .schema import METRIC_BY_NAME, PREFIX, Point, env_name, plan
 from .storage import known_definitions, load_results
 
-MARKS = {"+": "worsened", "-": "improved", "~": "changed, but not significantly", " ": "unchanged"}
+MARKS = {
+    "+": "worsened",
+    "-": "improved",
+    "~": "changed, but not significantly",
+    "?": "no verdict: within the machine's own move",
+    " ": "unchanged",
+}
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,8 @@ class Row:
     old: float | None  # None: no earlier value to compare with (see note)
     new: float
     ratio: float | None  # new / old; above 1 is worse
-    mark: str  # "+" worse, "-" better, "~" beyond fail_pct but insignificant, " " unchanged or not compared
+    mark: str  # "+" worse, "-" better, "~" beyond fail_pct but insignificant, "?" within the machine's move,
+    # " " unchanged or not compared
     old_err: float | None = None  # half the interquartile range, as asv shows it
     new_err: float | None = None
     note: str = ""
@@ -59,7 +74,7 @@ class Comparison:
     rows: list[Row] = field(default_factory=list)
     problem: str | None = None  # why nothing was compared; a report, not a failure
     warnings: list[str] = field(default_factory=list)
-    drift: str | None = None  # the machine's speed moved between the two runs: no verdict (see drift_check)
+    drift: Drift | None = None  # the machine's own move between the two runs (None: no canary in one of them)
 
     @property
     def regressions(self) -> list[Row]:
@@ -70,11 +85,69 @@ class Comparison:
         return [r for r in self.rows if r.mark == "-"]
 
     @property
+    def undecided(self) -> list[Row]:
+        return [r for r in self.rows if r.mark == "?"]
+
+    @property
     def failed(self) -> bool:
-        """A significant regression on a machine whose speed held, or any rise of an exact count (drift or not)."""
-        if self.drift is None:
-            return bool(self.regressions)
-        return any(_is_exact(r.benchmark) for r in self.regressions)
+        """A significant regression beyond the gate and beyond the machine's own move, or a rise of an exact count."""
+        return bool(self.regressions)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far the machine's own speed moved between two runs, as their canaries bound it.
+
+    Each run's canary is a range (its start and end timings, seconds): while its decode was measured,
+    the machine ran somewhere in it. The move is then somewhere in ``[lo, hi]``; a decode metric may
+    also not follow the canary at all (the loop is compute, a decode step of a small model mostly
+    overhead), so ``1`` is always inside the range a metric's change is judged against.
+    """
+
+    old: tuple[float, float]
+    new: tuple[float, float]
+
+    @property
+    def ratio(self) -> float:
+        return math.sqrt(self.new[0] * self.new[1] / (self.old[0] * self.old[1]))
+
+    @property
+    def lo(self) -> float:
+        return self.new[0] / self.old[1]
+
+    @property
+    def hi(self) -> float:
+        return self.new[1] / self.old[0]
+
+    def moved(self, factor: float) -> bool:
+        """Whether the machine may have moved by more than the gate."""
+        return self.hi > factor or self.lo < 1.0 / factor
+
+    def effect(self, ratio: float) -> tuple[float, float]:
+        """The code's share of a metric's ``ratio`` (new / old), at the two ends of the machine's move."""
+        return ratio / max(1.0, self.hi), ratio / min(1.0, self.lo)
+
+    def judge(self, mark: str, ratio: float, factor: float) -> tuple[str, str]:
+        """asv's ``mark`` for a timed metric, seen through the move: (mark, note)."""
+        low, high = self.effect(ratio)
+        move = f"the machine moved x{self.lo:.2f}-x{self.hi:.2f} (drift canary)"
+        if mark == "+" and low <= factor:
+            return "?", f"no verdict: {move}, which could explain x{ratio:.2f}"
+        if mark == "-" and high >= 1.0 / factor:
+            return "?", f"no verdict: {move}, which could explain x{ratio:.2f}"
+        if mark in " ~" and self.moved(factor) and (high > factor or low < 1.0 / factor):
+            return "?", f"no verdict: {move}, which could hide a change beyond the gate (x{low:.2f}-x{high:.2f})"
+        return mark, ""
+
+    def describe(self) -> str:
+        def ms(pair: tuple[float, float]) -> str:
+            return f"{pair[0] * 1e3:.2f}" if pair[0] == pair[1] else f"{pair[0] * 1e3:.2f}-{pair[1] * 1e3:.2f}"
+
+        return (
+            f"the machine's own speed moved x{self.ratio:.2f} between the two runs (drift canary, a fixed matmul "
+            f"loop: {ms(self.old)} ms -> {ms(self.new)} ms, x{self.lo:.2f}-x{self.hi:.2f} over each run's start and "
+            "end); each timed metric is judged against that move: beyond it fails, within it is no verdict ('?')"
+        )
 
 
 def _history(results_dir: Path, machine: str, env: str, warnings: list[str]) -> dict[str, Any]:
@@ -160,7 +233,14 @@ def _mark(old: float, new: float, old_ss: tuple[Any, Any], new_ss: tuple[Any, An
     return " "
 
 
-def _row(point: Point, entry: dict[str, Any], ref_res: Any, old: dict[tuple[str, ...], Any], factor: float) -> Row:
+def _row(
+    point: Point,
+    entry: dict[str, Any],
+    ref_res: Any,
+    old: dict[tuple[str, ...], Any],
+    factor: float,
+    drift: Drift | None = None,
+) -> Row:
     params = dict(zip(entry["param_names"], point.params, strict=True))
     new_err = _err(point.value, point.stats)
     base = Row(point.benchmark, params, entry["unit"], None, point.value, None, " ", None, new_err)
@@ -174,11 +254,14 @@ def _row(point: Point, entry: dict[str, Any], ref_res: Any, old: dict[tuple[str,
     if metric is not None and not metric.gate:
         base = replace(base, old=float(value), ratio=ratio, note=f"not gated: {metric.ungated}")
         return base
+    note = ""
     if metric is not None and metric.exact:  # a count does not vary: any increase is a regression
         mark = "+" if point.value > value else "-" if point.value < value else " "
     else:
         mark = _mark(value, point.value, (stats, samples), (point.stats, point.samples), factor)
-    return replace(base, old=float(value), ratio=ratio, mark=mark, old_err=_err(value, stats))
+        if drift is not None and metric is not None and metric.type == "time":
+            mark, note = drift.judge(mark, ratio, factor)
+    return replace(base, old=float(value), ratio=ratio, mark=mark, old_err=_err(value, stats), note=note)
 
 
 def compare_with_history(
@@ -217,39 +300,32 @@ def compare_with_history(
     defs, points = plan(records, known_definitions(results_dir))
     factor = 1 + fail_pct / 100
     old = {b: _old_values(ref_res, b) for b in defs}
+    cmp.drift = _drift(points, old)
     cmp.rows = sorted(
-        (_row(p, defs[p.benchmark].entry, ref_res, old[p.benchmark], factor) for p in points),
+        (_row(p, defs[p.benchmark].entry, ref_res, old[p.benchmark], factor, cmp.drift) for p in points),
         key=lambda r: (r.benchmark, r.label),
     )
-    cmp.drift = drift_check(cmp.rows, fail_pct)
     return cmp
 
 
 CANARY = "track_drift_canary"
 
 
-def _is_exact(benchmark: str) -> bool:
-    metric = METRIC_BY_NAME.get(benchmark.rsplit(".", 1)[-1])
-    return metric is not None and metric.exact
+def _span(value: float, samples: Any) -> tuple[float, float]:
+    """A run's canary range: its start and end timings, or the one value an older run recorded."""
+    values = [float(v) for v in samples or [] if v == v and v > 0] or [float(value)]
+    return min(values), max(values)
 
 
-def drift_check(rows: Sequence[Row], fail_pct: float) -> str | None:
-    """Why the two runs cannot be compared (their machines ran at other speeds), or None.
-
-    Every run times the same fixed matmul loop (``engine/machine.py``); when that moved by more than
-    the gate, a difference in the decode metrics may be the machine, not the code.
-    """
-    canary = next((r for r in rows if r.benchmark.endswith(CANARY) and r.old and r.new), None)
-    if canary is None or canary.old is None:
-        return None
-    ratio = canary.new / canary.old
-    if max(ratio, 1 / ratio) - 1 <= fail_pct / 100:
-        return None
-    return (
-        f"the machine's own speed moved x{ratio:.2f} between the two runs (drift canary, a fixed matmul loop: "
-        f"{canary.old * 1e3:.2f} ms -> {canary.new * 1e3:.2f} ms), more than the {fail_pct:g}% gate; "
-        "a same-session comparison (--decodeperf-ab) can judge it"
-    )
+def _drift(points: Sequence[Point], old: dict[str, dict[tuple[str, ...], Any]]) -> Drift | None:
+    """The machine's move between the two runs, from the first canary both recorded (None: one has none)."""
+    for point in points:
+        if not point.benchmark.endswith(CANARY) or not point.value > 0:
+            continue
+        value, _stats, samples = old.get(point.benchmark, {}).get(point.params, (None, None, None))
+        if value is not None and value == value and value > 0:
+            return Drift(_span(value, samples), _span(point.value, point.samples))
+    return None
 
 
 def _value(value: float | None, unit: str, err: float | None) -> str:
@@ -266,11 +342,12 @@ def render_table(cmp: Comparison) -> str:
         f"{head} ({cmp.env}): {now} against {cmp.ref[:8]}; a regression is worse by more than "
         f"{cmp.fail_pct:g}% and significant (asv compare's statistics); '~': not significant",
         *cmp.warnings,
-        *([f"no verdict: {cmp.drift}"] if cmp.drift else []),
+        *([cmp.drift.describe()] if cmp.drift is not None and cmp.drift.moved(1 + cmp.fail_pct / 100) else []),
     ]
     sections = (
         ("Worsened:", [r for r in cmp.rows if r.mark == "+"]),
         ("Improved:", [r for r in cmp.rows if r.mark == "-"]),
+        ("No verdict:", [r for r in cmp.rows if r.mark == "?"]),
         ("Unchanged:", [r for r in cmp.rows if r.mark in "~ " and r.ratio is not None]),
         ("Not compared:", [r for r in cmp.rows if r.ratio is None]),
     )
@@ -301,6 +378,6 @@ def render_table(cmp: Comparison) -> str:
             ).rstrip()
             for row in table
         ]
-    counts = {title: len(rows) for title, rows in sections}
+    counts = {title: len(rows) for title, rows in sections if rows or title != "No verdict:"}
     lines += ["", ", ".join(f"{n} {t.rstrip(':').lower()}" for t, n in counts.items())]
     return "\n".join(lines)
