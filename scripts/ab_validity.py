@@ -29,87 +29,13 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFTEST = """
-import time
-
-import pytest
-from pytest_decodeperf import build_model
-
-EXTRA_S = {extra!r}  # busy-wait per forward: the injected slowdown (0 at the first commit)
-
-
-@pytest.fixture(scope="session")
-def _models():
-    return {{}}
-
-
-@pytest.fixture
-def decode_model(decode_variant, _models):
-    key = (decode_variant.model, decode_variant.dtype)
-    if key not in _models:
-        model = build_model(decode_variant.model, dtype=decode_variant.dtype)
-
-        def work(*_):
-            end = time.perf_counter() + EXTRA_S
-            while time.perf_counter() < end:
-                pass
-
-        if EXTRA_S:
-            model.register_forward_hook(work)
-        _models[key] = model
-    return _models[key]
-"""
-TEST = """
-import pytest
-
-
-@pytest.mark.decode_perf(models={model!r}, cache="dynamic", stream=("baseline", "pipelined"), batch_size=2,
-                         new_tokens={new_tokens}, stop="none")
-def test_decode(decode_result):
-    pass
-"""
-
-
-def run(cmd: list[str], cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DECODEPERF", "PYTEST_"))}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
-
-
-def git(cwd: Path, *args: str) -> str:
-    out = run(["git", "-c", "user.email=ab@validity", "-c", "user.name=ab-validity", *args], cwd)
-    if out.returncode != 0:
-        raise SystemExit(f"git {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout.strip()
-
-
-def make_venv(where: Path) -> Path:
-    """A fresh venv with this checkout installed as users install it (CPU torch and transformers pinned)."""
-    print(f"# installing the plugin into a fresh venv at {where} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
-    python = where / "bin" / "python"
-    constraints = str(ROOT / ".ci" / "constraints.txt")
-    for args in (["torch"], [str(ROOT)]):
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", constraints, *args], check=True)
-    return python
-
-
-def make_project(where: Path, model: str, new_tokens: int) -> Path:
-    where.mkdir(parents=True)
-    (where / "perf").mkdir()
-    (where / "perf" / "test_decode.py").write_text(TEST.format(model=model, new_tokens=new_tokens))
-    (where / "conftest.py").write_text(CONFTEST.format(extra=0.0))
-    git(where, "init", "-q", "-b", "main")
-    git(where, "add", "-A")
-    git(where, "commit", "-q", "-m", "the code under test")
-    return where
+from live_project import git, make_project, make_venv, run, set_extra, step_ms
 
 
 @dataclass
@@ -176,17 +102,6 @@ def session(python: Path, project: Path, ref: str, options: list[str], cond: Con
         print(f"  {cond.label} #{cond.sessions}: {record['test'].split('[')[-1][:-1]}: ms/token {said}", flush=True)
 
 
-def step_ms(python: Path, project: Path, options: list[str]) -> float:
-    """The baseline variant's ms/token in a plain run of the first commit."""
-    out = project / "plain.json"
-    proc = run([str(python), "-m", "pytest", "perf", "--decodeperf", f"--decodeperf-json={out}", *options], project)
-    if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"the plain run failed:\n{proc.stdout[-3000:]}")
-    records = json.loads(out.read_text())["results"]
-    out.unlink()
-    return float(next(r["ms_per_token"] for r in records if r["stream"] == "baseline"))
-
-
 def run_model(python: Path, model: str, args: argparse.Namespace, options: list[str], work: Path) -> list[str]:
     project = make_project(work / model, model, args.new_tokens)
     first = git(project, "rev-parse", "HEAD")
@@ -197,8 +112,7 @@ def run_model(python: Path, model: str, args: argparse.Namespace, options: list[
         git(project, "reset", "-q", "--hard", first)
         ref = "HEAD"
         if slowdown:
-            (project / "conftest.py").write_text(CONFTEST.format(extra=slowdown * step / 1e3))
-            git(project, "commit", "-q", "-am", f"+{slowdown:.0%} per forward")
+            set_extra(project, slowdown * step / 1e3, f"+{slowdown:.0%} per forward")
             ref = first
         cond = Condition("A/A" if not slowdown else f"+{slowdown:.0%} per step")
         for _ in range(args.aa_sessions if not slowdown else args.sessions):

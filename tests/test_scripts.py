@@ -70,3 +70,18 @@ def test_the_ab_validity_script_drives_real_ab_sessions_and_prints_its_table() -
     assert [row.split(" | ")[1] for row in rows[-2:]] == ["A/A", "+100% per step"]
     assert [row.split(" | ")[2] for row in rows[-2:]] == ["2", "2"]  # two variants: two decisions per session
     assert "| model | B | decisions | ms/token WORSE |" in proc.stdout
+
+
+def test_the_history_validity_script_drives_separate_recorded_runs_and_prints_its_table() -> None:
+    """The live history benchmark once, tiny (one comparison per condition): it runs, no rate asserted."""
+    cmd = [sys.executable, str(ROOT / "scripts/history_validity.py"), "--aa-runs", "1", "--runs", "1"]
+    cmd += ["--slowdowns", "", "--new-tokens", "4", "--python", sys.executable]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| tiny-gpt2 |")]
+    assert [row.split(" | ")[1] for row in rows[-3:]] == [
+        "A/A, separate runs",
+        "A/A, one run of each pair on a busy machine",
+        "x2.8, the reference run on a busy machine",
+    ]
+    assert "| model | condition | compared runs | sessions failed |" in proc.stdout

@@ -1,0 +1,108 @@
+"""A temporary user project for the live benchmarks (``ab_validity.py``, ``history_validity.py``).
+
+What a user has: the plugin installed in a virtual environment as users install it (``pip install``
+of this checkout, not editable), a git project with one decode perf test file, and a
+``decode_model`` fixture whose forward busy-waits ``EXTRA_S`` per call (0 s at the first commit), so a
+later commit can be slower by a known fraction of the measured step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFTEST = """
+import time
+
+import pytest
+from pytest_decodeperf import build_model
+
+EXTRA_S = {extra!r}  # busy-wait per forward: the injected slowdown (0 at the first commit)
+
+
+@pytest.fixture(scope="session")
+def _models():
+    return {{}}
+
+
+@pytest.fixture
+def decode_model(decode_variant, _models):
+    key = (decode_variant.model, decode_variant.dtype)
+    if key not in _models:
+        model = build_model(decode_variant.model, dtype=decode_variant.dtype)
+
+        def work(*_):
+            end = time.perf_counter() + EXTRA_S
+            while time.perf_counter() < end:
+                pass
+
+        if EXTRA_S:
+            model.register_forward_hook(work)
+        _models[key] = model
+    return _models[key]
+"""
+TEST = """
+import pytest
+
+
+@pytest.mark.decode_perf(models={model!r}, cache="dynamic", stream=("baseline", "pipelined"), batch_size=2,
+                         new_tokens={new_tokens}, stop="none")
+def test_decode(decode_result):
+    pass
+"""
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DECODEPERF", "PYTEST_"))}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+def git(cwd: Path, *args: str) -> str:
+    out = run(["git", "-c", "user.email=ab@validity", "-c", "user.name=ab-validity", *args], cwd)
+    if out.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def make_venv(where: Path) -> Path:
+    """A fresh venv with this checkout installed as users install it (CPU torch and transformers pinned)."""
+    print(f"# installing the plugin into a fresh venv at {where} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+    python = where / "bin" / "python"
+    constraints = str(ROOT / ".ci" / "constraints.txt")
+    for args in (["torch"], [str(ROOT)]):
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", constraints, *args], check=True)
+    return python
+
+
+def make_project(where: Path, model: str, new_tokens: int) -> Path:
+    """The user's project at its first commit: the code under test, no slowdown."""
+    where.mkdir(parents=True)
+    (where / "perf").mkdir()
+    (where / "perf" / "test_decode.py").write_text(TEST.format(model=model, new_tokens=new_tokens))
+    (where / "conftest.py").write_text(CONFTEST.format(extra=0.0))
+    git(where, "init", "-q", "-b", "main")
+    git(where, "add", "-A")
+    git(where, "commit", "-q", "-m", "the code under test")
+    return where
+
+
+def set_extra(project: Path, seconds: float, message: str) -> None:
+    """Commit a conftest whose forwards busy-wait ``seconds`` each."""
+    (project / "conftest.py").write_text(CONFTEST.format(extra=seconds))
+    git(project, "commit", "-q", "--allow-empty", "-am", message)
+
+
+def step_ms(python: Path, project: Path, options: list[str]) -> float:
+    """The baseline variant's ms/token in a plain run of the first commit."""
+    out = project / "plain.json"
+    proc = run([str(python), "-m", "pytest", "perf", "--decodeperf", f"--decodeperf-json={out}", *options], project)
+    if proc.returncode != 0 or not out.exists():
+        raise SystemExit(f"the plain run failed:\n{proc.stdout[-3000:]}")
+    records = json.loads(out.read_text())["results"]
+    out.unlink()
+    return float(next(r["ms_per_token"] for r in records if r["stream"] == "baseline"))
