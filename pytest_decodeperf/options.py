@@ -143,6 +143,16 @@ def _stream_mode_names() -> list[str]:
     return stream_mode_names()
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(str(text).strip().removesuffix("s"))
+    except ValueError:
+        raise DecodePerfError(f"expected seconds such as 1 or 0.5, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise DecodePerfError(f"seconds must be between 0 and 3600, got {value:g}")
+    return value
+
+
 def _pct(text: str) -> float:
     try:
         value = float(str(text).rstrip("%"))
@@ -244,7 +254,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None,
         metavar="{float32,float16,bfloat16}",
     ),
-    OptionSpec("rounds", "timed rounds per variant (default 5)", _int("rounds", 1), 5, metavar="N"),
+    OptionSpec(
+        "rounds",
+        "timed rounds per variant, at least (default 5; more while the median is not pinned, see max-time)",
+        _int("rounds", 1),
+        5,
+        metavar="N",
+    ),
+    OptionSpec(
+        "max-time",
+        "seconds of timed rounds per variant past --decodeperf-rounds, spent only while the median's 95% "
+        "interval is wider than +-2% (default 1; 0: exactly --decodeperf-rounds)",
+        _seconds,
+        1.0,
+        metavar="S",
+    ),
     OptionSpec("warmup", "warmup rounds per variant, timed apart (default 1)", _int("warmup", 0), 1, metavar="N"),
     OptionSpec("json", "write the results as JSON to PATH", _writable_file, None, metavar="PATH"),
     OptionSpec("nvtx", "annotate steps, forwards and stop checks with NVTX ranges", _bool, False, flag=True),
@@ -401,6 +425,7 @@ class Settings:
     model_path: str | None
     dtype: str | None
     rounds: int
+    max_time: float
     warmup: int
     json: Path | None
     nvtx: bool

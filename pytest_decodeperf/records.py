@@ -58,7 +58,15 @@ class ResultRecord(TypedDict):
     samples_ms_per_token: list[float]
     samples_prefill_ms: list[float]
     spread_pct: float  # IQR of tokens/s over its median, in percent
-    unstable: bool  # spread over 10%: the table shows no clean speedup for it
+    # Half the 95% interval of the median (order statistics), in percent: of the paired ratio to the
+    # baseline when its rounds alternated with the baseline's, else of tokens/s (older records: absent)
+    precision_pct: float
+    unstable: bool  # precision_pct over 5% (older records: spread over 10%): the table shows no clean speedup
+    # tok/s over the baseline's, the median of rounds run alternately with the baseline's (None: the baseline
+    # itself, or not paired), and its 95% interval (older records: absent)
+    vs_baseline: float | None
+    vs_baseline_low: float | None
+    vs_baseline_high: float | None
     threads: int  # torch threads while measuring
     note: str
     stop_reads: int  # blocking host reads of the stop flag in one generation

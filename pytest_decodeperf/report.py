@@ -151,6 +151,10 @@ def speedups(records: Sequence[ResultRecord]) -> list[float | None]:
             base.setdefault(group_key(r), r["tokens_per_s"])
     out: list[float | None] = []
     for r in records:
+        paired = r.get("vs_baseline")
+        if paired is not None and _usable(paired):  # from rounds run alternately with the baseline's
+            out.append(paired)
+            continue
         b = base.get(group_key(r))
         out.append(r["tokens_per_s"] / b if b is not None and _usable(r["tokens_per_s"]) else None)
     return out
@@ -175,7 +179,8 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     cells = [list(COLUMNS)]
     shaky = {group_key(r) for r in rows if r["stream"] == "baseline" and r.get("unstable")}
     for rec, speed in zip(rows, speedups(rows), strict=True):
-        doubt = "?" if rec.get("unstable") or group_key(rec) in shaky else ""
+        paired = rec.get("vs_baseline") is not None  # its own interval says it all: the baseline's does not enter
+        doubt = "?" if rec.get("unstable") or (not paired and group_key(rec) in shaky) else ""
         model = model_label(rec) + (" (compiled)" if rec["compile"] else "")
         steps = str(rec["steps"]) + (f" (+{rec['extra_steps']})" if rec["extra_steps"] else "")
         cells.append(
@@ -214,7 +219,8 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
         "floor ms = bytes a decode step must move / measured copy bandwidth, "
         "% bw = those bytes per measured ms/token over that bandwidth, GB/s = what that achieves; "
         "steps = forward passes (+ run past the last kept); syncs/step = hidden + stop-flag blocking device reads "
-        "per decode step (! over budget)",
+        "per decode step (! over budget); vs baseline = tok/s over the baseline's, the median of rounds run "
+        "alternately with the baseline's ('?': not pinned within +-5%)",
         rule,
         line(cells[0]),
         rule,
@@ -239,8 +245,8 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     unstable = [r for r in rows if r.get("unstable")]
     if unstable:
         out.append(
-            f"WARNING: {len(unstable)} of {len(rows)} variants are unstable (spread over 10%): their 'vs baseline' "
-            "carries '?' and is not a speedup; rerun with more --decodeperf-rounds, --decodeperf-threads=1, "
-            "or on a quieter machine"
+            f"WARNING: {len(unstable)} of {len(rows)} variants are unstable (the 95% interval of their median, or of "
+            "their ratio to the baseline, is wider than +-5%): their 'vs baseline' carries '?' and is not a speedup; "
+            "rerun with more --decodeperf-max-time, --decodeperf-threads=1, or on a quieter machine"
         )
     return "\n".join(out)

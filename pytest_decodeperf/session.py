@@ -63,7 +63,8 @@ class DecodePerfSession:
             from .engine.runner import Runner
 
             tracer = Tracer(self.settings.nvtx, self.settings.profile_steps, self.device)
-            self._runner = Runner(self.device, self.settings.rounds, self.settings.warmup, tracer, threads=self.threads)
+            s = self.settings
+            self._runner = Runner(self.device, s.rounds, s.warmup, tracer, threads=self.threads, max_time_s=s.max_time)
         return self._runner
 
     @property

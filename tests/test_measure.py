@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from engine_fixtures import tiny_model  # noqa: F401
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import DecodePerfError, Runner, Variant
+from pytest_decodeperf.engine.loop import DecodeOutput
+from pytest_decodeperf.engine.measure import TARGET_PCT, UNSTABLE_PCT, Budget, Clock, measure
 from pytest_decodeperf.engine.nvtx import Tracer, parse_profile_steps
 from pytest_decodeperf.records import ResultRecord
 
@@ -143,4 +147,84 @@ def test_an_unstable_variant_gets_no_clean_speedup_and_a_warning() -> None:
     table = render_table(shaky)
     pipelined = next(line for line in table.splitlines() if " pipelined " in line)
     assert "1.100x?" in pipelined  # its baseline is noise: the ratio is marked, not shown clean
-    assert "WARNING: 1 of 2 variants are unstable (spread over 10%)" in table
+    assert "WARNING: 1 of 2 variants are unstable (the 95% interval of their median" in table
+
+
+def test_a_speedup_from_rounds_paired_with_the_baseline_is_shown_and_judged_by_its_own_interval() -> None:
+    from test_plots import record
+
+    from pytest_decodeperf.report import render_table
+
+    rows = [record("baseline", unstable=True), record("pipelined", vs_baseline=1.234, unstable=False)]
+    pipelined = next(line for line in render_table(rows).splitlines() if " pipelined " in line)
+    assert "1.234x" in pipelined and "1.234x?" not in pipelined  # not the ratio of medians (1.100), no doubt
+
+
+# ---------------------------------------------------------------------- adaptive rounds, on a fake clock
+class FakeRounds:
+    """``run_once`` stand-ins whose rounds take given seconds on a fake ``perf_counter`` (no real timing)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0.0
+        monkeypatch.setattr("pytest_decodeperf.engine.measure.time.perf_counter", lambda: self.now)
+        self.out = DecodeOutput(torch.zeros(1, 5, dtype=torch.long), 1, 5, 0, 0)
+
+    def of(self, durations: list[float]) -> Callable[[Clock], DecodeOutput]:
+        times = iter(durations)
+
+        def once(clock: Clock) -> DecodeOutput:
+            self.now += next(times)
+            return self.out
+
+        return once
+
+
+def test_median_interval_is_the_binomial_order_statistics_interval() -> None:
+    from pytest_decodeperf.engine.measure import median_interval
+
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (3.0, 1.0, 5.0)  # below 6 values: the whole range
+    xs = [float(x) for x in range(1, 11)]
+    assert median_interval(xs) == (5.5, 2.0, 9.0)  # n=10: x(2)..x(9), 97.9% (x(3)..x(8) would be 89%)
+    _, lo, hi = median_interval([float(x) for x in range(1, 101)])
+    assert (lo, hi) == (40.0, 61.0)  # the textbook n=100 interval
+    assert math.isnan(median_interval([])[0])
+
+
+def test_rounds_go_on_until_the_median_is_pinned_then_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRounds(monkeypatch)
+    noisy = [1.0, 1.3, 0.8, 1.2, 0.9] + [1.0] * 20  # wide at first, then steady rounds pin the median
+    m = measure(fake.of(noisy), torch.device("cpu"), Budget(5, max_time_s=100.0), warmup=0)
+    assert 5 < len(m.rounds) < 25 and m.precision_pct <= TARGET_PCT
+    exact = measure(fake.of(noisy), torch.device("cpu"), Budget(5), warmup=0)
+    assert len(exact.rounds) == 5 and exact.precision_pct > UNSTABLE_PCT  # no budget: exactly the minimum
+
+
+def test_the_time_budget_ends_the_rounds_of_a_variant_that_never_settles(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRounds(monkeypatch)
+    wild = [1.0, 2.0] * 100
+    m = measure(fake.of(wild), torch.device("cpu"), Budget(5, max_time_s=12.0), warmup=0)
+    assert len(m.rounds) == 8  # 12 s of rounds: the budget is spent (it is checked between rounds)
+    assert m.precision_pct > UNSTABLE_PCT
+
+
+def test_a_reference_alternates_with_the_variant_and_the_speedup_is_the_median_of_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeRounds(monkeypatch)
+    order: list[str] = []
+    variant_s = iter([1.0, 2.0, 1.0, 2.0, 1.0])  # the machine doubles its speed every other pair...
+    base_s = iter([1.25, 1.25, 2.5, 1.25, 2.5, 1.25])  # ...both halves of a pair alike (first: the warm round)
+
+    def variant(clock: Clock) -> DecodeOutput:
+        order.append("V")
+        fake.now += next(variant_s)
+        return fake.out
+
+    def baseline(clock: Clock) -> DecodeOutput:
+        order.append("B")
+        fake.now += next(base_s)
+        return fake.out
+
+    m = measure(variant, torch.device("cpu"), Budget(5), warmup=0, reference=baseline)
+    assert "".join(order) == "B" + "BV" * 5
+    assert m.vs_reference == (1.25, 1.25, 1.25) and m.precision_pct == 0.0  # medians alone: 1.0 s vs 1.25 s

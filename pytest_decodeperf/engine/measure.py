@@ -1,14 +1,21 @@
-"""Timing and memory for one variant: warmup rounds apart, then N timed rounds.
+"""Timing and memory for one variant: warmup rounds apart, then timed rounds until the median is pinned.
 
 The clock reads the device's time, never the host's view of it: on CUDA, events recorded on
 the stream (start, end of prefill, end) and read after one synchronize at the end of the round,
 so timing adds no sync inside the loop; on CPU, kernels run synchronously on the host, so
 ``perf_counter`` at the same points is already the device's time.
+
+Rounds adapt, as pyperf calibrates: after the minimum, more rounds while the median's 95% interval
+(order statistics, no distribution assumed) is wider than ``target_pct`` of it, within a time budget.
+Given a ``reference`` (the same workload in the baseline stream mode), its rounds alternate with the
+variant's, and the variant's speedup is the median of the per-pair ratios: a machine whose speed moves
+between two variants' measurements moves both halves of a pair alike.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -99,12 +106,59 @@ class Round:
         return batch * self.output.new_tokens / self.total_s
 
 
+TARGET_PCT = 2.0  # rounds go on while the median's 95% interval is wider than +-this, within the budget
+UNSTABLE_PCT = 5.0  # wider than +-this at the end: the median is not a measurement (pyperf's "unstable")
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(median, lo, hi)``: the median with a distribution-free interval from order statistics.
+
+    ``[x_(l), x_(n-l+1)]`` with the largest ``l`` whose binomial tail ``P(Bin(n, 1/2) < l)`` is at most
+    ``(1 - confidence) / 2``; below 6 values no such ``l`` exists and the interval is the whole range
+    (93.75% at 5). NaN for no values.
+    """
+    xs = sorted(v for v in values if v == v)
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    tail, below, lower = (1.0 - confidence) / 2.0, 0.0, 1
+    for k in range(n):  # below = P(X <= k)
+        below += math.comb(n, k) / 2.0**n
+        if below > tail:
+            lower = max(1, k)  # P(X < k) <= tail: order statistic k (1-based) is the lower end
+            break
+    return float(statistics.median(xs)), xs[lower - 1], xs[n - lower]
+
+
+def half_width_pct(values: Sequence[float]) -> float:
+    """Half the width of the median's 95% interval, in percent of the median (inf below 2 values)."""
+    med, lo, hi = median_interval(values)
+    return 100.0 * (hi - lo) / (2.0 * med) if len(values) >= 2 and med > 0 else math.inf
+
+
 @dataclass
 class Measurement:
     rounds: list[Round]
     warmup_s: list[float] = field(default_factory=list)
     compile_stats: dict[str, int] = field(default_factory=dict)  # dynamo counters during these rounds
     memory_rounds: list[Round] = field(default_factory=list)  # CUDA: the untimed round memory is read in
+    reference_rounds: list[Round] = field(default_factory=list)  # the baseline's, alternating with ``rounds``
+
+    @property
+    def ratios(self) -> list[float]:
+        """tok/s of each round over the reference round run beside it (empty: not paired)."""
+        return [r.tokens_per_s / ref.tokens_per_s for r, ref in zip(self.rounds, self.reference_rounds, strict=False)]
+
+    @property
+    def vs_reference(self) -> tuple[float, float, float] | None:
+        """``(median, lo, hi)`` of the paired ratios: the speedup over the baseline (None: not paired)."""
+        return median_interval(self.ratios) if self.reference_rounds else None
+
+    @property
+    def precision_pct(self) -> float:
+        """How well the figure that matters is pinned: the half-width of the 95% interval of the paired
+        ratio's median when paired, else of the tok/s median, in percent."""
+        return half_width_pct(self.ratios if self.reference_rounds else [r.tokens_per_s for r in self.rounds])
 
     @property
     def last(self) -> DecodeOutput:
@@ -149,21 +203,42 @@ class Measurement:
 RunOnce = Callable[[Clock], DecodeOutput]
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How many timed rounds: at least ``rounds``; then more while the median's interval is wider than
+    ``target_pct`` and the timed rounds so far took less than ``max_time_s`` (0: exactly ``rounds``)."""
+
+    rounds: int
+    max_time_s: float = 0.0
+    target_pct: float = TARGET_PCT
+    max_rounds: int = 500
+
+    def more(self, done: int, elapsed_s: float, precision_pct: float) -> bool:
+        if done < self.rounds:
+            return True
+        if done >= self.max_rounds or elapsed_s >= self.max_time_s:
+            return False
+        return precision_pct > self.target_pct
+
+
 def measure(
     run_once: RunOnce,
     device: torch.device,
-    rounds: int,
+    rounds: int | Budget,
     warmup: int,
     settled: Callable[[], int] | None = None,
     max_extra_warmup: int = 5,
+    reference: RunOnce | None = None,
 ) -> Measurement:
-    """Run ``warmup`` rounds (their times kept apart), then ``rounds`` timed ones.
+    """Run ``warmup`` rounds (their times kept apart), then timed ones as the budget says.
 
     ``run_once(clock)`` runs one generation and calls ``clock.mark_prefill()`` after the prefill.
     ``settled``: a counter (e.g. compiled graphs) that must stop moving before timing starts;
     warmup goes on, up to ``max_extra_warmup`` more rounds, while a round still changes it, so
-    a recompile is never inside the timed rounds.
+    a recompile is never inside the timed rounds. ``reference``: the baseline's generation, warmed
+    once and timed in a round of its own before each of the variant's (``Measurement.vs_reference``).
     """
+    budget = rounds if isinstance(rounds, Budget) else Budget(rounds)
     clock = Clock(device)
     cuda = device.type == "cuda"
     warm: list[float] = []
@@ -175,7 +250,7 @@ def measure(
     gc.collect(2 if cuda else 1)
     gc.disable()
     try:
-        return _measure(run_once, clock, cuda, device, rounds, warmup, settled, max_extra_warmup, warm)
+        return _measure(run_once, clock, cuda, device, budget, warmup, settled, max_extra_warmup, warm, reference)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -186,11 +261,12 @@ def _measure(
     clock: Clock,
     cuda: bool,
     device: torch.device,
-    rounds: int,
+    budget: Budget,
     warmup: int,
     settled: Callable[[], int] | None,
     max_extra_warmup: int,
     warm: list[float],
+    reference: RunOnce | None,
 ) -> Measurement:
     with torch.inference_mode():
         changed = False
@@ -202,12 +278,24 @@ def _measure(
             run_once(clock)
             warm.append(clock.stop()[0])
             changed = settled is not None and settled() != before
-        timed: list[Round] = []
-        for _ in range(rounds):
+
+        def timed_round(fn: RunOnce) -> Round:
             clock.start()
-            out = run_once(clock)
+            out = fn(clock)
             total, pre = clock.stop()
-            timed.append(Round(total, pre, out))
+            return Round(total, pre, out)
+
+        if reference is not None:
+            timed_round(reference)  # warm (the baseline may not have run in this process yet)
+        timed: list[Round] = []
+        paired: list[Round] = []
+        began = time.perf_counter()
+        precision = math.inf
+        while budget.more(len(timed), time.perf_counter() - began, precision):
+            if reference is not None:
+                paired.append(timed_round(reference))
+            timed.append(timed_round(run_once))
+            precision = Measurement(timed, reference_rounds=paired).precision_pct
         memory: list[Round] = []
         if cuda:
             # Memory has its own untimed round: as the article does, it starts from an empty
@@ -223,4 +311,4 @@ def _measure(
             rnd.peak_allocated_bytes = int(torch.cuda.max_memory_allocated(device))
             rnd.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(device))
             memory.append(rnd)
-    return Measurement(timed, warm, memory_rounds=memory)
+    return Measurement(timed, warm, memory_rounds=memory, reference_rounds=paired)

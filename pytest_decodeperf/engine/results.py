@@ -9,7 +9,7 @@ import torch
 
 from ..records import ResultRecord
 from .loop import DecodeOutput
-from .measure import Measurement
+from .measure import UNSTABLE_PCT, Measurement
 from .models import model_label
 from .parity import ParityReport
 from .profiling import ProfileStats
@@ -18,9 +18,9 @@ from .syncs import SyncReport
 from .variants import Variant
 from .workload import Workload
 
-# Above this IQR/median of tok/s a variant's figures are not a measurement but noise: the table marks
-# them and never shows their ratio as a clean speedup (pyperf's "the benchmark seems unstable").
-UNSTABLE_SPREAD_PCT = 10.0
+# A variant whose median (or paired ratio to its baseline) is not pinned within +-UNSTABLE_PCT at 95% is
+# not a measurement but noise: the table marks it and never shows its ratio as a clean speedup (pyperf's
+# "the benchmark seems unstable"). More rounds (--decodeperf-max-time) pin it; the spread does not shrink.
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class VariantResult:
         if self.syncs is None and not v.is_hf:
             notes.append("syncs not counted under torch.compile")
         s = self.syncs
+        vs = m.vs_reference
         return ResultRecord(
             test=test or f"engine[{v.id}]",
             model=v.model,
@@ -117,7 +118,11 @@ class VariantResult:
             samples_ms_per_token=[r.ms_per_token for r in m.rounds],
             samples_prefill_ms=[1e3 * r.prefill_s for r in m.rounds if r.prefill_s is not None],
             spread_pct=m.spread_pct,
-            unstable=m.spread_pct > UNSTABLE_SPREAD_PCT,
+            precision_pct=m.precision_pct,
+            unstable=not m.precision_pct <= UNSTABLE_PCT,
+            vs_baseline=vs[0] if vs else None,
+            vs_baseline_low=vs[1] if vs else None,
+            vs_baseline_high=vs[2] if vs else None,
             threads=self.threads if self.threads is not None else torch.get_num_threads(),
             note="; ".join(notes),
             stop_reads=out.host_reads,

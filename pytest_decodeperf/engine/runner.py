@@ -23,7 +23,7 @@ from .hf_generate import hf_generate
 from .hidden_syncs import accepts_causal_mask, no_padding_check
 from .kv_memory import AllocationWatch
 from .loop import DecodeOutput, generate
-from .measure import Clock, Measurement, measure
+from .measure import Budget, Clock, Measurement, measure
 from .models import DTYPES, build_model, load_tokenizer
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
@@ -94,9 +94,15 @@ class Runner:
         seed: int = 0,
         profile_gpu: bool = True,
         threads: int | None = None,
+        max_time_s: float = 0.0,
+        paired: bool = True,
     ):
         self.device = torch.device(device)
         self.rounds = rounds
+        # More timed rounds, up to this many seconds, while the median is not pinned (measure.Budget); a
+        # stream mode's rounds alternate with its baseline's, so its speedup comes from pairs (``paired``).
+        self.budget = Budget(rounds, max_time_s)
+        self.paired = paired
         self.warmup = warmup
         self.tracer = tracer
         self.seed = seed
@@ -390,13 +396,16 @@ class Runner:
             if state.cache_refusal[0] is not None:
                 raise DecodePerfError(f"{variant.id}: {state.cache_refusal[0]}; cache=none still runs it")
         workload = self.workload(model, variant)
+        reference = None
+        if self.paired and variant.stream != "baseline":
+            reference = self.run_once_fn(model, variant.baseline(), workload)  # first: the variant's slot is kept
         once = self.run_once_fn(model, variant, workload)
         profile: ProfileStats | None = None
         graphs_before = dict(compile_counters())
         try:
             settled = (lambda: compile_counters()["unique_graphs"]) if variant.compile else None
             warmup = max(self.warmup, 1) if variant.compile else self.warmup
-            measurement = measure(once, self.device, self.rounds, warmup, settled)
+            measurement = measure(once, self.device, self.budget, warmup, settled, reference=reference)
             if variant.compile:
                 after = compile_counters()
                 measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
