@@ -368,7 +368,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("decodeperf", "decode performance (pytest-decodeperf)")
     for spec in OPTIONS:
-        kwargs: dict[str, Any] = {"dest": spec.dest, "default": None, "help": spec.help}
+        kwargs: dict[str, Any] = {"dest": spec.dest, "default": None, "help": spec.help.replace("%", "%%")}
         if spec.flag:
             kwargs["action"] = "store_true"
         elif spec.optional_value:

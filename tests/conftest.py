@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 # Tiny and quick: two timed rounds, no warmup, on the CPU (the default model on CUDA is GPT-2 small).
-FAST = ("--decodeperf-rounds=2", "--decodeperf-warmup=0", "--decodeperf-device=cpu")
+FAST = ("--decodeperf-rounds=2", "--decodeperf-max-time=0", "--decodeperf-warmup=0", "--decodeperf-device=cpu")
 
 
 @pytest.fixture

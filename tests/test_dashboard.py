@@ -64,6 +64,7 @@ def test_the_dashboard_renders_a_decode_graph_in_headless_chromium(tmp_path: Pat
             "--decodeperf",
             "--decodeperf-asv",
             "--decodeperf-rounds=2",
+            "--decodeperf-max-time=0",
             "--benchmark-disable",
             "-p",
             "no:cacheprovider",

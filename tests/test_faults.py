@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pytest_decodeperf"
 FAST = [
     "--decodeperf",
     "--decodeperf-rounds=2",
+    "--decodeperf-max-time=0",
     "--decodeperf-warmup=0",
     "--benchmark-disable",
     "-p",

@@ -50,6 +50,7 @@ def test_decode():
 ARGS = [
     "--decodeperf",
     "--decodeperf-rounds=9",
+    "--decodeperf-max-time=0",
     "--decodeperf-warmup=1",
     "--decodeperf-asv",
     "--decodeperf-compare",
@@ -143,6 +144,7 @@ def test_outside_a_git_checkout_the_tests_run_and_history_is_skipped_with_a_reas
     result = pytester.runpytest_subprocess(
         "--decodeperf",
         "--decodeperf-rounds=2",
+        "--decodeperf-max-time=0",
         "--decodeperf-warmup=0",
         "--decodeperf-asv",
         "--benchmark-disable",
