@@ -77,7 +77,16 @@ class ResultRecord(TypedDict):
     graph_breaks: int | None
     # The decode roofline (engine/roofline.py): bytes a decode step must move (weights, KV read and
     # written), the device's measured copy bandwidth, and what the measured ms/step achieves against it.
-    bytes_per_step: float | None
+    bytes_per_step: float | None  # weight + kv + state bytes per step (below)
+    # What a step reads (engine/weights.py): dense matrices and the LM head whole, one row per token of each
+    # embedding table, the experts its routers picked (distinct per MoE layer across the batch, counted in an
+    # untimed generation: engine/routing.py). Older records: absent.
+    weight_bytes_per_step: float | None
+    kv_bytes_per_step: float | None  # K/V read (the attended positions, or a static cache's whole buffer) + written
+    state_bytes_per_step: float | None  # linear-attention/conv/SSM state, read whole and written whole
+    weight_bytes_resident: int | None  # the parameters the model holds (tied storage once)
+    active_experts_per_step: float | None  # mean routed experts a decode step reads, all MoE layers (None: no MoE)
+    routed_experts: int | None  # routed experts the model holds, all MoE layers
     bandwidth_gb_per_s: float | None
     floor_ms_per_step: float | None  # bytes_per_step / bandwidth: no decode step can be faster
     achieved_gb_per_s: float | None
