@@ -56,6 +56,14 @@ class ResultRecord(TypedDict):
     samples_s: list[float]  # wall seconds of each timed round
     samples_ms_per_token: list[float]
     samples_prefill_ms: list[float]
+    # Every decode step timed in the same rounds (engine/measure.py; CUDA events read after the round). Older
+    # records: absent. Inter-token latency (ITL): a step's mark less the one before; percentiles over all rounds.
+    ttft_ms: float | None  # time to first token, median over rounds: the prefill's mark (the same as prefill_ms)
+    itl_p50_ms: float | None
+    itl_p90_ms: float | None
+    itl_p99_ms: float | None
+    samples_itl_p90_ms: list[float]  # per timed round, that round's p90 (asv's samples)
+    samples_itl_p99_ms: list[float]
     spread_pct: float  # IQR of tokens/s over its median, in percent
     unstable: bool  # spread over 10%: the table shows no clean speedup for it
     threads: int  # torch threads while measuring

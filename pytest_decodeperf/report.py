@@ -28,6 +28,7 @@ COLUMNS = (
     "tok/s",
     "spread",
     "ms/token",
+    "itl p99",
     "floor ms",
     "% bw",
     "GB/s",
@@ -189,6 +190,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 _fmt(rec["tokens_per_s"], ",.1f"),
                 "±" + _fmt(rec["spread_pct"], ".1f") + "%",
                 _fmt(rec["ms_per_token"], ".3f"),
+                _fmt(rec.get("itl_p99_ms"), ".3f"),
                 _fmt(rec.get("floor_ms_per_step"), ".3f"),
                 _fmt(100 * f if (f := rec.get("bw_fraction")) is not None else None, ".1f"),
                 _fmt(rec.get("achieved_gb_per_s"), ".2f"),
@@ -200,7 +202,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             ]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15}
+    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -211,8 +213,10 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     out = [
         f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
         "prompt = prompt tokens (mixed/text: left-padded rows up to that many); new = max new tokens; "
+        "itl p99 = 99th percentile of every decode step's inter-token latency (ms, all rounds); "
         "floor ms = bytes a decode step must move / measured copy bandwidth, "
         "% bw = those bytes per measured ms/token over that bandwidth, GB/s = what that achieves; "
+        "prefill ms = time to first token; "
         "steps = forward passes (+ run past the last kept); syncs/step = hidden + stop-flag blocking device reads "
         "per decode step (! over budget)",
         rule,

@@ -224,7 +224,9 @@ class Runner:
             deferred = variant.stream == "hf-deferred"
 
             def run_hf(clock: Clock) -> DecodeOutput:
-                return hf_generate(model, workload, variant.cache, deferred, bool(variant.compile), clock.mark_prefill)
+                return hf_generate(
+                    model, workload, variant.cache, deferred, bool(variant.compile), clock.mark_prefill, clock.mark_step
+                )
 
             return run_hf
         target = self._callable(model, variant)
@@ -246,7 +248,9 @@ class Runner:
             self._of(target).causal_mask(target)  # probe once, before any timed round
 
         def run_loop(clock: Clock) -> DecodeOutput:
-            return self._loop(target, variant, workload, slot, tracer=tracer, on_prefill=clock.mark_prefill)
+            return self._loop(
+                target, variant, workload, slot, tracer=tracer, on_prefill=clock.mark_prefill, on_step=clock.mark_step
+            )
 
         return run_loop
 
