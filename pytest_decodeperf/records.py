@@ -91,7 +91,7 @@ class ResultRecord(TypedDict):
     # untimed generation: engine/routing.py). Older records: absent.
     weight_bytes_per_step: float | None
     kv_bytes_per_step: float | None  # K/V read (the attended positions, or a static cache's whole buffer) + written
-    state_bytes_per_step: float | None  # linear-attention/conv/SSM state, read whole and written whole
+    state_bytes_per_step: float | None  # linear-attention/conv/SSM state, read and written whole (None: none)
     weight_bytes_resident: int | None  # the parameters the model holds (tied storage once)
     active_experts_per_step: float | None  # mean routed experts a decode step reads, all MoE layers (None: no MoE)
     routed_experts: int | None  # routed experts the model holds, all MoE layers

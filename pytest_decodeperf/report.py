@@ -91,6 +91,22 @@ def dynamic_peaks(records: Sequence[ResultRecord]) -> list[str]:
     ]
 
 
+def routed_experts(records: Sequence[ResultRecord]) -> list[str]:
+    """One line per MoE model: the routed experts a decode step read (counted from its routers), by cache and batch."""
+    groups: dict[str, dict[str, float]] = {}
+    totals: dict[str, int] = {}
+    for r in sorted(records, key=lambda r: (rank(CACHE_ORDER, r["cache"]), r["batch_size"])):
+        active, total = r.get("active_experts_per_step"), r.get("routed_experts")
+        if active is not None and total:
+            groups.setdefault(model_label(r), {}).setdefault(f"{r['cache']} b{r['batch_size']}", active)
+            totals[model_label(r)] = total
+    return [
+        f"{model}: routed experts a decode step reads, of {totals[model]} (distinct across the batch, as its routers "
+        "picked): " + ", ".join(f"{key} {value:.1f}" for key, value in by.items())
+        for model, by in groups.items()
+    ]
+
+
 PROMPT_ORDER = ("random", "mixed", "text")
 
 
@@ -239,6 +255,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
         )
     out += [f"note: {line}" for line in prefill_by_prompt(rows)]
     out += [f"note: {line}" for line in dynamic_peaks(rows)]
+    out += [f"note: {line}" for line in routed_experts(rows)]
     out.append("note: '-' = not measured here (no decode step, not counted under torch.compile, or no baseline)")
     unstable = [r for r in rows if r.get("unstable")]
     if unstable:

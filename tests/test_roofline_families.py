@@ -18,6 +18,7 @@ from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, PreTrainedMo
 import pytest_decodeperf.engine.roofline as roofline
 from pytest_decodeperf import Runner, Variant
 from pytest_decodeperf.engine.weights import weight_layout
+from pytest_decodeperf.report import render_table
 
 torch.set_num_threads(1)
 PROMPT, STEPS, BATCH = 5, 4, 2
@@ -189,7 +190,8 @@ def test_routing_counts_the_distinct_experts_each_step_across_the_batch() -> Non
     as the routers' own outputs say (hooked on the routers here, on the experts modules in the engine)."""
     model = build("mixtral")
     k, layers = model.config.num_experts_per_tok, model.config.num_hidden_layers
-    assert record(model, "mixtral", batch=1)["active_experts_per_step"] == k * layers
+    single = record(model, "mixtral", batch=1)
+    assert single["active_experts_per_step"] == k * layers
     runner = Runner("cpu", rounds=1, warmup=0)
     variant = Variant("mixtral", "dynamic", "baseline", 4, 6, stop="none")
     picked: list[list[int]] = []
@@ -209,6 +211,8 @@ def test_routing_counts_the_distinct_experts_each_step_across_the_batch() -> Non
     mean = sum(map(sum, picked[1:])) / len(picked[1:])
     rec = runner.run(variant, model, parity=False).record()
     assert rec["active_experts_per_step"] == pytest.approx(mean)
+    note = "note: mixtral: routed experts a decode step reads, of 16 (distinct across the batch, as its routers picked)"
+    assert f"{note}: dynamic b1 {k * layers:.1f}, dynamic b4 {mean:.1f}" in render_table([rec, single])
 
 
 def test_experts_whose_routing_was_never_seen_are_all_counted_and_the_note_says_so() -> None:

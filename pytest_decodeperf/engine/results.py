@@ -41,7 +41,7 @@ class Roofline:
             "bytes_per_step": step.total if step else None,
             "weight_bytes_per_step": step.weights if step else None,
             "kv_bytes_per_step": step.kv if step else None,
-            "state_bytes_per_step": step.state if step else None,
+            "state_bytes_per_step": (step.state or None) if step else None,  # None: no layer holds a state
             "weight_bytes_resident": step.weights_resident if step else None,
             "active_experts_per_step": step.active_experts if step else None,
             "routed_experts": step.routed_experts if step else None,
