@@ -419,10 +419,10 @@ class Runner:
                     profile = profile_generation(lambda: once(Clock(self.device)), self.device)
             if self.tracer.profile_steps is not None and not variant.is_hf:
                 self._capture_window(model, variant, workload)
+            roofline = self.roofline(model, variant, measurement.last, measurement)  # may run a watched generation
         except torch.OutOfMemoryError:
             self.release()
             raise
-        roofline = self.roofline(model, variant, measurement.last, measurement)
         self._last_slot = self._last_watch = None  # they hold the model: a runner keeps no model alive past its run
         syncs = self.count_syncs(model, variant, workload, max_syncs_per_step)
         generated = measurement.last.generated.cpu()
