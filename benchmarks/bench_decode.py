@@ -58,6 +58,18 @@ class DecodeMetrics:
 
     track_peak_reserved_bytes.unit = "bytes"  # type: ignore[attr-defined]
 
+    def track_itl_p99_seconds(self, results: dict[Any, Any], model: str, cache: str, stream: str, batch: int) -> float:
+        value = results[(model, cache, stream, batch)].get("itl_p99_ms")  # absent before per-step timing
+        return float("nan") if value is None else float(value) / 1e3
+
+    track_itl_p99_seconds.unit = "seconds"  # type: ignore[attr-defined]
+
+    def track_bytes_per_step(self, results: dict[Any, Any], model: str, cache: str, stream: str, batch: int) -> float:
+        value = results[(model, cache, stream, batch)]["bytes_per_step"]  # what a step reads (weights, K/V, state)
+        return float("nan") if value is None else float(value)
+
+    track_bytes_per_step.unit = "bytes"  # type: ignore[attr-defined]
+
 
 class Generate:
     """asv times one whole generation (prefill + decode + stop checks) itself."""

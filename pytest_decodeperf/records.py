@@ -57,6 +57,14 @@ class ResultRecord(TypedDict):
     samples_s: list[float]  # wall seconds of each timed round
     samples_ms_per_token: list[float]
     samples_prefill_ms: list[float]
+    # Every decode step timed in the same rounds (engine/measure.py; CUDA events read after the round). Older
+    # records: absent. Inter-token latency (ITL): a step's mark less the one before; percentiles over all rounds.
+    ttft_ms: float | None  # time to first token, median over rounds: the prefill's mark (the same as prefill_ms)
+    itl_p50_ms: float | None
+    itl_p90_ms: float | None
+    itl_p99_ms: float | None
+    samples_itl_p90_ms: list[float]  # per timed round, that round's p90 (asv's samples)
+    samples_itl_p99_ms: list[float]
     spread_pct: float  # IQR of tokens/s over its median, in percent
     # Half the 95% interval of the median (order statistics), in percent: of the paired ratio to the
     # baseline when its rounds alternated with the baseline's, else of tokens/s (older records: absent)
@@ -86,7 +94,16 @@ class ResultRecord(TypedDict):
     graph_breaks: int | None
     # The decode roofline (engine/roofline.py): bytes a decode step must move (weights, KV read and
     # written), the device's measured copy bandwidth, and what the measured ms/step achieves against it.
-    bytes_per_step: float | None
+    bytes_per_step: float | None  # weight + kv + state bytes per step (below)
+    # What a step reads (engine/weights.py): dense matrices and the LM head whole, one row per token of each
+    # embedding table, the experts its routers picked (distinct per MoE layer across the batch, counted in an
+    # untimed generation: engine/routing.py). Older records: absent.
+    weight_bytes_per_step: float | None
+    kv_bytes_per_step: float | None  # K/V read (the attended positions, or a static cache's whole buffer) + written
+    state_bytes_per_step: float | None  # linear-attention/conv/SSM state, read and written whole (None: none)
+    weight_bytes_resident: int | None  # the parameters the model holds (tied storage once)
+    active_experts_per_step: float | None  # mean routed experts a decode step reads, all MoE layers (None: no MoE)
+    routed_experts: int | None  # routed experts the model holds, all MoE layers
     bandwidth_gb_per_s: float | None
     floor_ms_per_step: float | None  # bytes_per_step / bandwidth: no decode step can be faster
     achieved_gb_per_s: float | None

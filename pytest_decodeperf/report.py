@@ -28,6 +28,7 @@ COLUMNS = (
     "tok/s",
     "spread",
     "ms/token",
+    "itl p99",
     "floor ms",
     "% bw",
     "GB/s",
@@ -87,6 +88,22 @@ def dynamic_peaks(records: Sequence[ResultRecord]) -> list[str]:
         f"dynamic cache: the generation's peak over what was resident is {min(ratios):.2f}x to {max(ratios):.2f}x "
         "a static cache of the same length (activations and torch.cat's copies included; generation_peak_bytes "
         "and kv_cache_bytes_analytic in the JSON)"
+    ]
+
+
+def routed_experts(records: Sequence[ResultRecord]) -> list[str]:
+    """One line per MoE model: the routed experts a decode step read (counted from its routers), by cache and batch."""
+    groups: dict[str, dict[str, float]] = {}
+    totals: dict[str, int] = {}
+    for r in sorted(records, key=lambda r: (rank(CACHE_ORDER, r["cache"]), r["batch_size"])):
+        active, total = r.get("active_experts_per_step"), r.get("routed_experts")
+        if active is not None and total:
+            groups.setdefault(model_label(r), {}).setdefault(f"{r['cache']} b{r['batch_size']}", active)
+            totals[model_label(r)] = total
+    return [
+        f"{model}: routed experts a decode step reads, of {totals[model]} (distinct across the batch, as its routers "
+        "picked): " + ", ".join(f"{key} {value:.1f}" for key, value in by.items())
+        for model, by in groups.items()
     ]
 
 
@@ -194,6 +211,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 _fmt(rec["tokens_per_s"], ",.1f"),
                 "±" + _fmt(rec["spread_pct"], ".1f") + "%",
                 _fmt(rec["ms_per_token"], ".3f"),
+                _fmt(rec.get("itl_p99_ms"), ".3f"),
                 _fmt(rec.get("floor_ms_per_step"), ".3f"),
                 _fmt(100 * f if (f := rec.get("bw_fraction")) is not None else None, ".1f"),
                 _fmt(rec.get("achieved_gb_per_s"), ".2f"),
@@ -205,7 +223,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             ]
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15}
+    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -216,8 +234,10 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     out = [
         f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
         "prompt = prompt tokens (mixed/text: left-padded rows up to that many); new = max new tokens; "
+        "itl p99 = 99th percentile of every decode step's inter-token latency (ms, all rounds); "
         "floor ms = bytes a decode step must move / measured copy bandwidth, "
         "% bw = those bytes per measured ms/token over that bandwidth, GB/s = what that achieves; "
+        "prefill ms = time to first token; "
         "steps = forward passes (+ run past the last kept); syncs/step = hidden + stop-flag blocking device reads "
         "per decode step (! over budget); vs baseline = tok/s over the baseline's, the median of rounds run "
         "alternately with the baseline's ('?': not pinned within +-5%)",
@@ -241,6 +261,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
         )
     out += [f"note: {line}" for line in prefill_by_prompt(rows)]
     out += [f"note: {line}" for line in dynamic_peaks(rows)]
+    out += [f"note: {line}" for line in routed_experts(rows)]
     out.append("note: '-' = not measured here (no decode step, not counted under torch.compile, or no baseline)")
     unstable = [r for r in rows if r.get("unstable")]
     if unstable:

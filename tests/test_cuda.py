@@ -202,3 +202,17 @@ def test_the_static_cache_takes_its_analytic_size_from_the_allocator(cuda_model)
         assert dynamic["generation_peak_bytes"] and dynamic["generation_peak_bytes"] > 0
         assert dynamic["kv_cache_bytes_analytic"] == analytic
         assert "dynamic cache: the generation's peak" in render_table([static, dynamic])
+
+
+@pytest.mark.parametrize("stream", ["baseline", "pipelined", "hf-generate"])
+def test_every_decode_step_is_timed_by_cuda_events_read_after_the_round(cuda_model, stream: str) -> None:  # type: ignore[no-untyped-def]
+    """One latency per decode step, from events on the steps' own streams; they add up to the decode time."""
+    variant = Variant("tiny-gpt2", "static", stream, 2, 32, stop="none")
+    result = Runner("cuda", rounds=2, warmup=1).run(variant, cuda_model)
+    for rnd in result.measurement.rounds:
+        assert len(rnd.step_s) == rnd.output.steps - 1 and all(s > 0 for s in rnd.step_s)
+        assert sum(rnd.step_s) <= rnd.total_s - (rnd.prefill_s or 0.0)
+    rec = result.record()
+    assert rec["itl_p50_ms"] is not None and 0 < rec["itl_p50_ms"] <= rec["itl_p99_ms"] <= 1e3 * min(rec["samples_s"])
+    if stream != "hf-generate":
+        assert rec["syncs_per_step"] == 0  # the marks add no host read

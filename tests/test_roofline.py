@@ -228,8 +228,11 @@ def test_static_cache_bytes(name: str) -> None:
 def test_decode_bytes_none_counts_weights_only() -> None:
     model = build("gpt2-mha")
     step = roofline.decode_bytes(model, 1, PROMPT, STEPS, "none")
-    assert step.kv_read == 0 and step.kv_written == 0
-    assert step.total == roofline.weight_bytes(model)
+    assert step.kv_read == 0 and step.kv_written == 0 and step.state == 0
+    wpe = model.transformer.wpe.weight  # type: ignore[union-attr]
+    # each step re-runs its whole sequence: PROMPT + i + 1 positions gathered from the position table
+    rows = sum(PROMPT + i + 1 for i in range(STEPS)) / STEPS
+    assert step.total == step.weights == roofline.weight_bytes(model) - wpe.nbytes + rows * wpe[0].nbytes
     assert "weight" in step.note
     with pytest.raises(ValueError, match="cache must be"):
         roofline.decode_bytes(model, 1, PROMPT, STEPS, "paged")
@@ -305,7 +308,8 @@ def test_every_record_carries_the_roofline_and_the_static_cache_matches_its_conf
     for rec in records:
         bandwidth = rec["bandwidth_gb_per_s"]
         assert bandwidth is not None and bandwidth > 0
-        assert rec["bytes_per_step"] is not None and rec["bytes_per_step"] >= roofline.weight_bytes(model)
+        assert rec["bytes_per_step"] is not None and rec["weight_bytes_resident"] == roofline.weight_bytes(model)
+        assert rec["bytes_per_step"] == rec["weight_bytes_per_step"] + rec["kv_bytes_per_step"]
         assert rec["floor_ms_per_step"] == pytest.approx(rec["bytes_per_step"] / (bandwidth * 1e9) * 1e3)
         assert rec["bw_fraction"] == pytest.approx(rec["floor_ms_per_step"] / rec["ms_per_token"])
         assert rec["times_floor"] == pytest.approx(1 / rec["bw_fraction"])

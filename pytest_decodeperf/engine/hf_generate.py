@@ -63,8 +63,9 @@ def hf_generate(
     deferred: bool = False,
     compile: bool = False,
     on_prefill: Callable[[], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> DecodeOutput:
-    """Greedy generate() on the workload's prompts; steps are counted with a forward hook."""
+    """Greedy generate() on the workload's prompts; steps are counted (and marked) with a forward hook."""
     if cache not in _CACHE_ARGS:
         raise DecodePerfError(f"cache type {cache!r} has no generate() equivalent; use one of {sorted(_CACHE_ARGS)}")
     eos = workload.eos_ids.tolist()
@@ -84,6 +85,8 @@ def hf_generate(
         calls += 1
         if calls == 1 and on_prefill is not None:
             on_prefill()
+        elif calls > 1 and on_step is not None:
+            on_step()
 
     prompts = workload.prompts
     handle = model.register_forward_hook(count)

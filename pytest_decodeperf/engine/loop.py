@@ -119,11 +119,13 @@ def generate(
     causal_mask: bool = False,
     attention_mask: torch.Tensor | None = None,
     ready_mask: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> DecodeOutput:
     """Greedy-decode up to ``max_new_tokens`` per row of ``prompts`` [B, P].
 
     ``eos_ids`` [E] (on the model's device) are the stop tokens; empty means run to the end.
-    ``on_prefill`` is called on the prefill's stream right after it is launched (for timing).
+    ``on_prefill`` is called on the prefill's stream right after it is launched (for timing), ``on_step`` on each
+    decode step's stream right after it is launched (per-step timing: it must not read the device).
     ``syncs``: a counter that attributes blocking reads to steps; the stop check's read is declared.
     ``runtime``: the device seam (default: the device's own; tests pass the CUDA simulator).
     ``causal_mask``: without a cache, pass a ready 4-D causal mask (no host read in transformers'
@@ -175,6 +177,8 @@ def generate(
                 run.publish(step, finished.all())
                 if step == 0 and on_prefill is not None:
                     on_prefill()
+                elif step > 0 and on_step is not None:
+                    on_step()
             steps += 1
             with tracer.range("stop check", "red"), syncs.declared() if syncs is not None else _NULL:
                 if run.should_stop(step):

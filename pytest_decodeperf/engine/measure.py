@@ -1,9 +1,14 @@
 """Timing and memory for one variant: warmup rounds apart, then timed rounds until the median is pinned.
 
 The clock reads the device's time, never the host's view of it: on CUDA, events recorded on
-the stream (start, end of prefill, end) and read after one synchronize at the end of the round,
-so timing adds no sync inside the loop; on CPU, kernels run synchronously on the host, so
-``perf_counter`` at the same points is already the device's time.
+the stream (start, end of prefill, end of every decode step, end) and read after one synchronize
+at the end of the round, so timing adds no sync inside the loop; on CPU, kernels run synchronously
+on the host, so ``perf_counter`` at the same points is already the device's time.
+
+Every decode step is timed in the same rounds: step ``i``'s inter-token latency (ITL) is its mark
+less step ``i - 1``'s (the prefill's for the first), so a stall every N steps shows in the tail
+(p90, p99) even when the median barely moves. Time to first token (TTFT) is the prefill's mark:
+the prefill yields the first token.
 
 Rounds adapt, as pyperf calibrates: after the minimum, more rounds while the median's 95% interval
 (order statistics, no distribution assumed) is wider than ``target_pct`` of it, within a time budget.
@@ -15,6 +20,7 @@ between two variants' measurements moves both halves of a pair alike.
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import statistics
 import time
@@ -29,10 +35,12 @@ from .loop import DecodeOutput
 
 
 class Clock:
-    """Marks start, end of prefill, and end of one generation on ``device``.
+    """Marks start, end of prefill, end of each decode step, and end of one generation on ``device``.
 
-    CUDA's events come from the device runtime (``device_runtime.py``), fresh each round, so a round
-    that never marks its prefill cannot read the previous round's mark.
+    CUDA's events come from the device runtime (``device_runtime.py``): start, prefill and end fresh
+    each round, so a round that never marks its prefill cannot read the previous round's mark; the
+    per-step events from a pool made once and reused (a round reads only the marks it recorded),
+    so a step costs one event record and nothing is read before ``stop``'s synchronize.
     """
 
     def __init__(self, device: torch.device, runtime: DeviceRuntime | None = None):
@@ -41,13 +49,19 @@ class Clock:
         self.device = device
         self._t: list[float] = []
         self._events: list[Any] = []
+        self._step_events: list[Any] = []  # the pool
+        self._step_t: list[float] = []
+        self._steps = 0  # steps marked this round
+        self._step_s: list[float] = []
 
     def start(self) -> None:
+        self._steps, self._step_s = 0, []
         if self.cuda:
             self.runtime.synchronize()  # nothing queued before may count
             self._events = [self.runtime.new_event(timing=True)]
             self.runtime.record(self._events[0])
         else:
+            self._step_t = []
             self._t = [time.perf_counter()]
 
     def mark_prefill(self) -> None:
@@ -58,8 +72,18 @@ class Clock:
         else:
             self._t.append(time.perf_counter())
 
+    def mark_step(self) -> None:
+        """Called on the step's stream right after decode step ``i`` (i >= 1) is launched; never reads a mark."""
+        if self.cuda:
+            if self._steps == len(self._step_events):
+                self._step_events.append(self.runtime.new_event(timing=True))
+            self.runtime.record(self._step_events[self._steps])
+        else:
+            self._step_t.append(time.perf_counter())
+        self._steps += 1
+
     def stop(self) -> tuple[float, float | None]:
-        """End the round: (total seconds, prefill seconds or None if never marked)."""
+        """End the round: (total seconds, prefill seconds or None if never marked); ``step_s()`` then holds the ITLs."""
         if self.cuda:
             end = self.runtime.new_event(timing=True)
             self.runtime.record(end)
@@ -67,10 +91,19 @@ class Clock:
             start = self._events[0]
             total = self.runtime.elapsed_s(start, end)
             pre = self.runtime.elapsed_s(start, self._events[1]) if len(self._events) > 1 else None
+            if len(self._events) > 1:
+                marks = [self._events[1], *self._step_events[: self._steps]]
+                self._step_s = [self.runtime.elapsed_s(a, b) for a, b in itertools.pairwise(marks)]
             return total, pre
         now = time.perf_counter()
         pre_cpu = self._t[1] - self._t[0] if len(self._t) > 1 else None
+        if len(self._t) > 1:
+            self._step_s = [b - a for a, b in itertools.pairwise([self._t[1], *self._step_t])]
         return now - self._t[0], pre_cpu
+
+    def step_s(self) -> list[float]:
+        """The last round's inter-token latencies in seconds: each decode step's mark less the one before."""
+        return list(self._step_s)
 
 
 @dataclass
@@ -81,6 +114,7 @@ class Round:
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     start_allocated_bytes: int | None = None  # allocated when the round began (weights, a kept cache)
+    step_s: list[float] = field(default_factory=list)  # inter-token latency of each decode step (Clock.step_s)
 
     @property
     def generation_peak_bytes(self) -> int | None:
@@ -189,6 +223,15 @@ class Measurement:
         q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
         return 100.0 * (q3 - q1) / statistics.median(values)
 
+    def itl_ms(self, q: float) -> float | None:
+        """The ``q``-th percentile (0-100) of every decode step's inter-token latency, all timed rounds pooled."""
+        values = [1e3 * s for r in self.rounds for s in r.step_s]
+        return percentile(values, q) if values else None
+
+    def round_itl_ms(self, q: float) -> list[float]:
+        """Per timed round, the ``q``-th percentile of its decode steps' latencies (asv's samples of a tail)."""
+        return [percentile([1e3 * s for s in r.step_s], q) for r in self.rounds if r.step_s]
+
     @property
     def generation_peak_bytes(self) -> int | None:
         """CUDA: the memory round's peak over what was allocated when it began (None elsewhere)."""
@@ -198,6 +241,16 @@ class Measurement:
     def peak(self, attr: str) -> int | None:
         values = [getattr(r, attr) for r in [*self.memory_rounds, *self.rounds] if getattr(r, attr) is not None]
         return max(values) if values else None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), linear between the closest ranks (numpy's default, ``method="linear"``)."""
+    if not values or not 0 <= q <= 100:
+        raise ValueError("percentile needs values and 0 <= q <= 100")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 RunOnce = Callable[[Clock], DecodeOutput]
@@ -283,7 +336,7 @@ def _measure(
             clock.start()
             out = fn(clock)
             total, pre = clock.stop()
-            return Round(total, pre, out)
+            return Round(total, pre, out, step_s=clock.step_s())
 
         if reference is not None:
             timed_round(reference)  # warm (the baseline may not have run in this process yet)

@@ -36,8 +36,15 @@ class Roofline:
 
     def fields(self, ms_per_step: float) -> dict[str, Any]:
         """The record's roofline fields; achieved figures are None without a finite decode time."""
+        step = self.step
         out: dict[str, Any] = {
-            "bytes_per_step": self.step.total if self.step else None,
+            "bytes_per_step": step.total if step else None,
+            "weight_bytes_per_step": step.weights if step else None,
+            "kv_bytes_per_step": step.kv if step else None,
+            "state_bytes_per_step": (step.state or None) if step else None,  # None: no layer holds a state
+            "weight_bytes_resident": step.weights_resident if step else None,
+            "active_experts_per_step": step.active_experts if step else None,
+            "routed_experts": step.routed_experts if step else None,
             "bandwidth_gb_per_s": self.bandwidth / 1e9,
             "floor_ms_per_step": None,
             "achieved_gb_per_s": None,
@@ -117,6 +124,12 @@ class VariantResult:
             samples_s=[r.total_s for r in m.rounds],
             samples_ms_per_token=[r.ms_per_token for r in m.rounds],
             samples_prefill_ms=[1e3 * r.prefill_s for r in m.rounds if r.prefill_s is not None],
+            ttft_ms=m.prefill_ms,
+            itl_p50_ms=m.itl_ms(50),
+            itl_p90_ms=m.itl_ms(90),
+            itl_p99_ms=m.itl_ms(99),
+            samples_itl_p90_ms=m.round_itl_ms(90),
+            samples_itl_p99_ms=m.round_itl_ms(99),
             spread_pct=m.spread_pct,
             precision_pct=m.precision_pct,
             unstable=not m.precision_pct <= UNSTABLE_PCT,
@@ -139,6 +152,12 @@ class VariantResult:
             gpu_idle_fraction=self.profile.idle.fraction if self.profile else None,
             gpu_idle_us_per_step=self.profile.idle_us_per_step if self.profile else None,
             bytes_per_step=roof["bytes_per_step"],
+            weight_bytes_per_step=roof["weight_bytes_per_step"],
+            kv_bytes_per_step=roof["kv_bytes_per_step"],
+            state_bytes_per_step=roof["state_bytes_per_step"],
+            weight_bytes_resident=roof["weight_bytes_resident"],
+            active_experts_per_step=roof["active_experts_per_step"],
+            routed_experts=roof["routed_experts"],
             bandwidth_gb_per_s=roof["bandwidth_gb_per_s"],
             floor_ms_per_step=roof["floor_ms_per_step"],
             achieved_gb_per_s=roof["achieved_gb_per_s"],
@@ -155,6 +174,12 @@ class VariantResult:
 
 ROOFLINE_FIELDS = (
     "bytes_per_step",
+    "weight_bytes_per_step",
+    "kv_bytes_per_step",
+    "state_bytes_per_step",
+    "weight_bytes_resident",
+    "active_experts_per_step",
+    "routed_experts",
     "bandwidth_gb_per_s",
     "floor_ms_per_step",
     "achieved_gb_per_s",

@@ -19,26 +19,37 @@ Cache semantics mirrored from ``transformers/cache_utils.py`` (5.23):
 * Falcon with ``new_decoder_architecture=True`` broadcasts its ``num_kv_heads`` K/V heads to all
   ``num_attention_heads`` *before* caching, so the cache (and what is read) is MHA-sized; the old architecture with
   ``multi_query=True`` caches a single head.
+* Latent attention (DeepSeek-V2/V3, Kimi, GLM-4-MoE-Lite, MiniCPM3, ...: a config with ``kv_lora_rank``) caches the
+  compressed latent as one "head" of keys (``kv_lora_rank`` wide) and the shared rotary key as one "head" of values
+  (``qk_rope_head_dim`` wide), and expands them to per-head K/V after the cache: a position costs
+  ``kv_lora_rank + qk_rope_head_dim`` values a layer, not ``heads x head_dim x 2``.
+* ``linear_attention`` and ``conv`` layers (Qwen3-Next, Qwen3.5, LFM2, Jamba's Mamba layers) hold no K/V but a fixed
+  recurrent state (conv state, recurrent/SSM state); ``hybrid``/``hybrid_sliding`` layers (Falcon-H1) hold both. The
+  state's size is read off the cache's own state tensors (``cache_state_bytes``): a decode step reads it whole and
+  writes it whole.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from .bandwidth import MIB, achieved, measure_bandwidth  # re-exported: the roofline's other half
+
 __all__ = [
+    "MIB",
     "CacheKind",
     "LayerKV",
     "StepBytes",
     "achieved",
+    "cache_state_bytes",
     "cache_tensor_bytes",
     "decode_bytes",
+    "has_state_layers",
     "kv_bytes_per_token",
     "kv_bytes_read_at",
     "kv_bytes_written_per_step",
@@ -50,11 +61,12 @@ __all__ = [
 ]
 
 CacheKind = Literal["dynamic", "static", "none"]
-MIB = 1 << 20
 
-_FULL_TYPES = frozenset({"full_attention"})
-_WINDOW_TYPES = frozenset({"sliding_attention", "chunked_attention"})
+_FULL_TYPES = frozenset({"full_attention", "hybrid"})  # hybrid: K/V beside a recurrent state (Falcon-H1)
+_WINDOW_TYPES = frozenset({"sliding_attention", "chunked_attention", "hybrid_sliding"})
 _NO_KV_TYPES = frozenset({"dummy"})
+_STATE_ONLY_TYPES = frozenset({"linear_attention", "conv"})  # a recurrent state, no per-token K/V
+_STATE_TYPES = _STATE_ONLY_TYPES | {"hybrid", "hybrid_sliding"}
 
 
 @dataclass(frozen=True)
@@ -63,18 +75,30 @@ class LayerKV:
 
     layer_type: str
     kv_heads: int
-    head_dim: int
+    head_dim: int  # the width of a cached key "head"
     window: int | None  # None: full attention
+    v_head_dim: int | None = None  # the width of a cached value "head" (None: head_dim)
+    latent: bool = False  # latent attention: the cache holds the compressed latent and the rotary key
+
+    @property
+    def has_kv(self) -> bool:
+        return self.layer_type not in _NO_KV_TYPES | _STATE_ONLY_TYPES
+
+    @property
+    def has_state(self) -> bool:
+        """The layer also reads and writes a recurrent state every step (``cache_state_bytes``)."""
+        return self.layer_type in _STATE_TYPES
 
     def bytes_per_position(self, dtype: torch.dtype) -> int:
         """K and V bytes for one position of one sequence."""
-        if self.layer_type in _NO_KV_TYPES:
+        if not self.has_kv:
             return 0
-        return 2 * self.kv_heads * self.head_dim * dtype.itemsize
+        v_dim = self.head_dim if self.v_head_dim is None else self.v_head_dim
+        return self.kv_heads * (self.head_dim + v_dim) * dtype.itemsize
 
     def positions_held(self, n_positions: int) -> int:
         """Positions a config-aware ``DynamicCache`` layer holds after ``n_positions`` have been processed."""
-        if self.layer_type in _NO_KV_TYPES:
+        if not self.has_kv:
             return 0
         if self.window is None or self.window <= 1:
             return n_positions
@@ -82,13 +106,13 @@ class LayerKV:
 
     def positions_read(self, attended: int) -> int:
         """Positions read by a step whose query attends over ``attended`` positions (itself included)."""
-        if self.layer_type in _NO_KV_TYPES:
+        if not self.has_kv:
             return 0
         return attended if self.window is None else min(attended, self.window)
 
     def positions_static(self, max_cache_len: int) -> int:
         """Positions a ``StaticCache`` layer preallocates."""
-        if self.layer_type in _NO_KV_TYPES:
+        if not self.has_kv:
             return 0
         return max_cache_len if self.window is None else min(self.window, max_cache_len)
 
@@ -145,7 +169,7 @@ def kv_layer_specs(config: PreTrainedConfig) -> list[LayerKV]:
         raise ValueError(f"{owner}: config has no decoder layers")
     specs: list[LayerKV] = []
     for layer_type, kwargs, layer_cfg in zip(layer_types, layer_kwargs, layer_cfgs, strict=True):
-        if layer_type in _NO_KV_TYPES:
+        if layer_type in _NO_KV_TYPES | _STATE_ONLY_TYPES:
             specs.append(LayerKV(layer_type, 0, 0, None))
             continue
         if layer_type not in _FULL_TYPES | _WINDOW_TYPES:
@@ -156,8 +180,23 @@ def kv_layer_specs(config: PreTrainedConfig) -> list[LayerKV]:
             if raw is None:
                 raise ValueError(f"{owner}: layer type {layer_type!r} without a window size")
             window = int(raw)
+        latent = _opt_int(layer_cfg, "kv_lora_rank")
+        if latent:  # latent attention: one latent "head" of keys, one shared rotary "head" of values
+            rope = _opt_int(layer_cfg, "qk_rope_head_dim")
+            if rope is None:
+                raise ValueError(f"{owner}: latent attention (kv_lora_rank) without qk_rope_head_dim")
+            specs.append(LayerKV(layer_type, 1, latent, window, v_head_dim=rope, latent=True))
+            continue
         specs.append(LayerKV(layer_type, _kv_heads(layer_cfg, owner), _head_dim(layer_cfg, owner), window))
     return specs
+
+
+def has_state_layers(config: PreTrainedConfig) -> bool:
+    """Whether some layer holds a recurrent state (linear attention, conv, SSM) that each step reads and writes."""
+    try:
+        return any(spec.has_state for spec in kv_layer_specs(config))
+    except ValueError:
+        return False
 
 
 def kv_bytes_per_token(config: PreTrainedConfig, dtype: torch.dtype) -> int:
@@ -205,10 +244,21 @@ def cache_tensor_bytes(cache: Any) -> int:
     )
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Parameter bytes streamed per decode step, tied/aliased storage counted once.
+def cache_state_bytes(cache: Any) -> int:
+    """The recurrent state a transformers ``Cache`` holds now: its layers' conv and recurrent (SSM) state tensors."""
+    total = 0
+    for layer in getattr(cache, "layers", ()):
+        for name in ("conv_states", "recurrent_states"):
+            states = getattr(layer, name, None)
+            if isinstance(states, dict):
+                total += sum(int(t.nbytes) for t in states.values() if isinstance(t, torch.Tensor))
+    return total
 
-    Upper bound: an untied input embedding is only gathered (``batch`` rows), not streamed whole.
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Parameter bytes the model holds (resident), tied/aliased storage counted once.
+
+    Not what a step reads: ``weights.weight_layout`` counts gathered embedding rows and routed experts.
     """
     seen: set[tuple[str, int, int]] = set()
     total = 0
@@ -223,18 +273,26 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class StepBytes:
-    """Mean bytes moved per decode step over one generation."""
+    """Mean bytes a decode step must move over one generation, by what moves them."""
 
     cache: str
     steps: int
-    weights: int
+    weights: float  # read: dense matrices and the LM head whole, gathered embedding rows, the experts routed to
     kv_read: float
     kv_written: float
     note: str = ""
+    state: float = 0.0  # recurrent state (linear attention, conv, SSM layers) read whole and written whole
+    weights_resident: int = 0  # the parameters the model holds
+    active_experts: float | None = None  # routed experts read per step, all MoE layers (None: no MoE layer)
+    routed_experts: int | None = None  # routed experts the model holds, all MoE layers
+
+    @property
+    def kv(self) -> float:
+        return self.kv_read + self.kv_written
 
     @property
     def total(self) -> float:
-        return self.weights + self.kv_read + self.kv_written
+        return self.weights + self.kv_read + self.kv_written + self.state
 
 
 def decode_bytes(
@@ -246,6 +304,8 @@ def decode_bytes(
     *,
     max_cache_len: int | None = None,
     kv_dtype: torch.dtype | None = None,
+    active_experts: Sequence[float] | None = None,
+    state_bytes: int | None = None,
 ) -> StepBytes:
     """Mean bytes per single-token decode step after a ``prompt_len`` prefill, over ``steps`` steps.
 
@@ -253,76 +313,47 @@ def decode_bytes(
     (``kv_bytes_read_at(prompt_len + i + 1)``). ``static``: reads the whole preallocated buffer every step
     (``max_cache_len`` defaults to ``prompt_len + steps``). Both write one position per layer. ``none``: no cache,
     the whole sequence is recomputed each step; only weights are counted.
+
+    Weights (``weights.weight_layout``): dense matrices whole, ``batch`` rows of each embedding table (``none``: a
+    row per token of the sequence), and per MoE layer ``active_experts[layer]`` experts (the mean distinct experts a
+    step ran, ``routing.py``; None: every expert, an upper bound). ``state_bytes``: the recurrent state the cache
+    holds (``cache_state_bytes``), read and written whole each step; required when a layer holds one.
     """
+    from .weights import weight_layout
+
     if batch < 1 or prompt_len < 1 or steps < 1:
         raise ValueError("batch, prompt_len and steps must be >= 1")
     dtype = kv_dtype if kv_dtype is not None else model.dtype
     config = model.config
-    weights = weight_bytes(model)
+    layout = weight_layout(model)
+    moe = bool(layout.experts)
+    counted = float(sum(active_experts) if active_experts is not None else layout.routed_experts) if moe else None
+
+    def step(weights: float, kv_read: float, kv_written: float, note: str, state: float = 0.0) -> StepBytes:
+        routed = layout.routed_experts if moe else None
+        return StepBytes(cache, steps, weights, kv_read, kv_written, note, state, layout.resident, counted, routed)
+
     if cache == "none":
+        tokens = batch * (prompt_len + (steps + 1) / 2)  # decode step i re-runs prompt_len + i + 1 positions
         note = "no KV cache: each step re-runs the whole sequence, only weight bytes counted (recompute ignored)"
-        return StepBytes(cache, steps, weights, 0.0, 0.0, note)
+        return step(layout.per_step(tokens, active_experts), 0.0, 0.0, note)
+    weights = layout.per_step(batch, active_experts)
+    state = 0.0
+    stateful = sorted({s.layer_type for s in kv_layer_specs(config) if s.has_state})
+    if stateful:
+        if state_bytes is None:
+            raise ValueError(f"{_cls(config)}: layer type {stateful[0]!r} holds a recurrent state not observed here")
+        state = 2.0 * state_bytes
     written = float(kv_bytes_written_per_step(config, dtype, batch))
     if cache == "dynamic":
         total_read = sum(kv_bytes_read_at(config, dtype, prompt_len + i + 1, batch) for i in range(steps))
         note = "reads the attended window (full layers: all positions; sliding: min(p, W))"
-        return StepBytes(cache, steps, weights, total_read / steps, written, note)
+        return step(weights, total_read / steps, written, note, state)
     if cache == "static":
         length = prompt_len + steps if max_cache_len is None else max_cache_len
         if length < prompt_len + steps:
             raise ValueError(f"max_cache_len={length} < prompt_len + steps = {prompt_len + steps}")
         read = float(static_cache_bytes(config, dtype, batch, length))
         note = f"reads the whole preallocated buffer (max_cache_len={length}) every step"
-        return StepBytes(cache, steps, weights, read, written, note)
+        return step(weights, read, written, note, state)
     raise ValueError(f"cache must be 'dynamic', 'static' or 'none', got {cache!r}")
-
-
-def measure_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 * MIB, repeats: int = 5) -> float:
-    """Copy bandwidth in bytes/s (read + write counted: 2 x bytes per copy), median over ``repeats``."""
-    dev = torch.device(device)
-    if nbytes < 4 or repeats < 1:
-        raise ValueError("nbytes must be >= 4 and repeats >= 1")
-    numel = nbytes // 4
-    moved = 2 * numel * 4
-    if dev.type == "cpu":
-        src = torch.ones(numel, dtype=torch.float32)
-        dst = torch.empty_like(src)
-        dst.copy_(src)  # warm-up: page in both buffers
-        times: list[float] = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            dst.copy_(src)
-            times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
-    elif dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA bandwidth requested but torch.cuda.is_available() is False")
-        src = torch.ones(numel, dtype=torch.float32, device=dev)
-        dst = torch.empty_like(src)
-        event: Any = torch.cuda.Event  # untyped constructor
-        with torch.cuda.device(dev):
-            dst.copy_(src)
-            torch.cuda.synchronize()
-            ms: list[float] = []
-            for _ in range(repeats):
-                begin = event(enable_timing=True)
-                end = event(enable_timing=True)
-                begin.record()
-                dst.copy_(src)
-                end.record()
-                end.synchronize()
-                ms.append(begin.elapsed_time(end))
-        seconds = statistics.median(ms) / 1e3
-    else:
-        raise ValueError(f"unsupported device type {dev.type!r}")
-    if seconds <= 0:
-        raise RuntimeError("timer resolution too coarse for this nbytes; increase nbytes")
-    return moved / seconds
-
-
-def achieved(bytes_per_step: float, ms_per_step: float, bandwidth: float) -> tuple[float, float, float]:
-    """Return (achieved GB/s, fraction of ``bandwidth`` (bytes/s), roofline floor in ms for ``bytes_per_step``)."""
-    if ms_per_step <= 0 or bandwidth <= 0 or not math.isfinite(bandwidth):
-        raise ValueError("ms_per_step and bandwidth must be positive and finite")
-    rate = bytes_per_step / (ms_per_step / 1e3)
-    return rate / 1e9, rate / bandwidth, bytes_per_step / bandwidth * 1e3

@@ -30,10 +30,12 @@ from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
 from .reference import ignored_cache_refusal, judged_report, loop_refusal
 from .results import Roofline, VariantResult
-from .roofline import MIB, cache_tensor_bytes, decode_bytes, measure_bandwidth, static_cache_bytes
+from .roofline import MIB, measure_bandwidth
+from .routing import GenerationProbe, probe_generation
 from .stream_modes import get_stop_policy
 from .syncs import SyncCounter, SyncReport
 from .syncs import report as sync_report
+from .variant_roofline import needs_probe, variant_roofline
 from .variants import Variant
 from .workload import Workload, check_not_degenerate, make_workload
 
@@ -134,45 +136,36 @@ class Runner:
     def roofline(
         self, model: PreTrainedModel, variant: Variant, output: DecodeOutput, measurement: Measurement | None = None
     ) -> Roofline:
-        """Bytes per decode step of ``variant`` on ``model``, and the KV cache's memory checked against its size.
+        """Bytes per decode step of ``variant`` on ``model`` (``variant_roofline.py``), and the KV cache checked.
 
-        Static cache: its tensors' nbytes, and on CUDA what the allocator handed it (``kv_memory.py``),
-        against the config's analytic size; a mismatch is the variant's note. Dynamic cache on CUDA:
-        the generation's peak over what was resident, reported beside a static cache's size.
+        A model with MoE layers or a recurrent state gets one more untimed generation, watched: the experts its
+        routers picked and the state its cache holds (``routing.py``).
         """
-        bandwidth = self.bandwidth()
-        max_len = variant.prompt_len + variant.new_tokens
-        try:
-            step = decode_bytes(
-                model,
-                variant.batch_size,
-                variant.prompt_len,
-                max(output.steps - 1, 1),
-                variant.cache,
-                max_cache_len=max_len,
-            )
-        except ValueError as exc:
-            return Roofline(None, bandwidth, note=f"no roofline: {exc}")
-        roof = Roofline(step, bandwidth, note=step.note if variant.cache == "none" else "")
-        try:
-            expected = static_cache_bytes(model.config, model.dtype, variant.batch_size, max_len)
-        except ValueError:
-            return roof
+        probe = self.probe(model, variant) if needs_probe(model) else None
         slot = self._last_slot
         kept = slot.kept if slot is not None and variant.cache == "static" and not variant.is_hf else None
-        if kept is None:
-            peak = measurement.generation_peak_bytes if measurement is not None else None
-            if variant.cache == "dynamic" and peak is not None:
-                # the generation's peak (record: generation_peak_bytes) beside a static cache of its length
-                return replace(roof, kv_cache_bytes_analytic=expected)
-            return roof
-        actual = cache_tensor_bytes(kept)
-        notes = [f"static cache holds {actual:,} bytes, its config says {expected:,}"] if actual != expected else []
-        allocation = self._last_watch.result(expected) if self._last_watch is not None else None
-        if allocation is not None and not allocation.matches:
-            notes.append(allocation.note())
-        allocated = allocation.allocated if allocation is not None else None
-        return Roofline(step, bandwidth, actual, expected, allocated, "; ".join(notes))
+        return variant_roofline(
+            model,
+            variant,
+            output.steps,
+            self.bandwidth(),
+            probe=probe,
+            kept=kept,
+            watch=self._last_watch if kept is not None else None,
+            generation_peak=measurement.generation_peak_bytes if measurement is not None else None,
+        )
+
+    def probe(self, model: PreTrainedModel, variant: Variant) -> GenerationProbe:
+        """One untimed generation of ``variant`` (eager, a fresh cache) with the router and cache watch on."""
+        workload = self.workload(model, variant)
+
+        def run() -> DecodeOutput:
+            with torch.inference_mode(), no_padding_check(model):
+                if variant.is_hf:
+                    return hf_generate(model, workload, variant.cache, variant.stream == "hf-deferred")
+                return self._loop(model, variant, workload)
+
+        return probe_generation(model, run)
 
     def model(self, name: str, dtype: str = "float32") -> PreTrainedModel:
         key = (name, dtype)
@@ -237,7 +230,9 @@ class Runner:
             deferred = variant.stream == "hf-deferred"
 
             def run_hf(clock: Clock) -> DecodeOutput:
-                return hf_generate(model, workload, variant.cache, deferred, bool(variant.compile), clock.mark_prefill)
+                return hf_generate(
+                    model, workload, variant.cache, deferred, bool(variant.compile), clock.mark_prefill, clock.mark_step
+                )
 
             return run_hf
         target = self._callable(model, variant)
@@ -259,7 +254,9 @@ class Runner:
             self._of(target).causal_mask(target)  # probe once, before any timed round
 
         def run_loop(clock: Clock) -> DecodeOutput:
-            return self._loop(target, variant, workload, slot, tracer=tracer, on_prefill=clock.mark_prefill)
+            return self._loop(
+                target, variant, workload, slot, tracer=tracer, on_prefill=clock.mark_prefill, on_step=clock.mark_step
+            )
 
         return run_loop
 
@@ -431,10 +428,10 @@ class Runner:
                     profile = profile_generation(lambda: once(Clock(self.device)), self.device)
             if self.tracer.profile_steps is not None and not variant.is_hf:
                 self._capture_window(model, variant, workload)
+            roofline = self.roofline(model, variant, measurement.last, measurement)  # may run a watched generation
         except torch.OutOfMemoryError:
             self.release()
             raise
-        roofline = self.roofline(model, variant, measurement.last, measurement)
         self._last_slot = self._last_watch = None  # they hold the model: a runner keeps no model alive past its run
         syncs = self.count_syncs(model, variant, workload, max_syncs_per_step)
         generated = measurement.last.generated.cpu()

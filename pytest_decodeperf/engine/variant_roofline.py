@@ -1,0 +1,93 @@
+"""A measured variant's roofline: the bytes its decode steps must move, from what its generation really did.
+
+``roofline.py`` counts K/V analytically and ``weights.py`` splits the weights by how a step reads them; what only a
+generation can tell comes from one untimed generation watched by ``routing.probe_generation`` (run only for models
+that need it: MoE layers, or layers with a recurrent state): the experts the routers picked, and the cache whose
+state tensors a step reads and writes. A static cache's K/V tensors are checked against the analytic size, and on
+CUDA what it asked the allocator for (``kv_memory.py``); a mismatch is the variant's note.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from .kv_memory import AllocationWatch
+from .results import Roofline
+from .roofline import cache_state_bytes, cache_tensor_bytes, decode_bytes, has_state_layers, static_cache_bytes
+from .routing import GenerationProbe
+from .variants import Variant
+from .weights import expert_modules
+
+__all__ = ["needs_probe", "variant_roofline"]
+
+
+def needs_probe(model: PreTrainedModel) -> bool:
+    """Whether the roofline needs a watched generation: routed experts to count, or a recurrent state to size."""
+    return has_state_layers(model.config) or next(expert_modules(model), None) is not None
+
+
+def _routing_note(probe: GenerationProbe | None) -> tuple[list[float] | None, str]:
+    """The mean experts per step of each MoE layer (None: every expert counted) and what to say about it."""
+    if probe is None or probe.routing is None:
+        return None, ""
+    routing = probe.routing
+    if routing.observed:
+        return routing.mean_per_layer(), ""
+    unseen = ", ".join(routing.unobserved[:2]) + (", ..." if len(routing.unobserved) > 2 else "")
+    return None, f"routing not observed ({unseen}): every expert counted, an upper bound"
+
+
+def variant_roofline(
+    model: PreTrainedModel,
+    variant: Variant,
+    steps: int,
+    bandwidth: float,
+    *,
+    probe: GenerationProbe | None = None,
+    kept: Any = None,
+    watch: AllocationWatch | None = None,
+    generation_peak: int | None = None,
+) -> Roofline:
+    """Bytes per decode step of ``variant`` (``steps`` forward passes, prefill included) against ``bandwidth``.
+
+    ``probe``: the watched generation (``needs_probe``); ``kept``: the static cache the timed rounds used (its
+    tensors are checked); ``watch``: its allocation (CUDA); ``generation_peak``: a dynamic cache's memory round.
+    """
+    max_len = variant.prompt_len + variant.new_tokens
+    active, routing_note = _routing_note(probe)
+    cache = probe.cache if probe is not None and probe.cache is not None else kept
+    state = cache_state_bytes(cache) if cache is not None else None
+    try:
+        step = decode_bytes(
+            model,
+            variant.batch_size,
+            variant.prompt_len,
+            max(steps - 1, 1),
+            variant.cache,
+            max_cache_len=max_len,
+            active_experts=active,
+            state_bytes=state or None,
+        )
+    except ValueError as exc:
+        return Roofline(None, bandwidth, note=f"no roofline: {exc}")
+    notes = [n for n in (step.note if variant.cache == "none" else "", routing_note) if n]
+    roof = Roofline(step, bandwidth, note="; ".join(notes))
+    try:
+        expected = static_cache_bytes(model.config, model.dtype, variant.batch_size, max_len)
+    except ValueError:
+        return roof
+    if kept is None:
+        if variant.cache == "dynamic" and generation_peak is not None:
+            # the generation's peak (record: generation_peak_bytes) beside a static cache of its length
+            return Roofline(step, bandwidth, kv_cache_bytes_analytic=expected, note=roof.note)
+        return roof
+    actual = cache_tensor_bytes(kept)
+    if actual != expected:
+        notes.append(f"static cache holds {actual:,} bytes, its config says {expected:,}")
+    allocation = watch.result(expected) if watch is not None else None
+    if allocation is not None and not allocation.matches:
+        notes.append(allocation.note())
+    allocated = allocation.allocated if allocation is not None else None
+    return Roofline(step, bandwidth, actual, expected, allocated, "; ".join(notes))
