@@ -31,18 +31,33 @@ def decode_perf(
 
 
 SIGNATURE = inspect.signature(decode_perf)
+# What each keyword means: the one text behind ``pytest --markers`` and the marker's reference page
+# (scripts/gen_reference.py); the values each takes come from the engine's registries.
+KEYWORDS: dict[str, str] = {
+    "models": "zoo model names or saved checkpoint directories (None: the device's default model; any label when "
+    "decode_model is overridden)",
+    "cache": "the KV cache of the decode loop",
+    "stream": "the stream mode: how and when the host reads the stop flag, or transformers' generate()",
+    "batch_size": "rows decoded together",
+    "new_tokens": "the most new tokens per row",
+    "stop": "eos: rows stop at different, known steps (real EOS tokens); none: every row runs to new_tokens",
+    "parity": "hold every variant's tokens to transformers' generate() (stream modes of one cache: bit for bit)",
+    "compile": "torch.compile the model (True, or a mode); the compile round is kept apart",
+    "max_syncs_per_step": "hidden blocking device reads allowed per decode step (None: 0 for the decode loop's "
+    "modes, not gated for generate()'s)",
+    "prompt_lens": "prompt tokens per row (None: the device's default, 4 on CPU, 128 and 512 on CUDA); 'mixed': "
+    "rows of different lengths up to the largest, left padded with an attention mask",
+    "prompts": "random (seeded ids), mixed (left-padded rows of different lengths) or text (the shipped corpus "
+    "through the tokenizer beside a checkpoint)",
+    "dtype": "the weights' dtype",
+}
 MARKER_DOC = (
-    "decode_perf(models=None, cache=('dynamic',), stream=('baseline', 'pipelined'), batch_size=(1,), "
-    "new_tokens=64, stop='eos', parity=True, compile=False, max_syncs_per_step=None, prompt_lens=None, "
-    "prompts='random', dtype='float32'): measure token "
-    "generation for each combination of the given values (models=None: the device's default model) and "
-    "check every variant's tokens against transformers' generate() (stream modes of one cache: bit for bit); "
-    "max_syncs_per_step: hidden "
-    "blocking device reads allowed per decode step (None: 0 for the decode loop's modes). "
-    "prompt_lens=None: prompt lengths (None: the device's default, 4 on CPU, 128 and 512 on CUDA; 'mixed': rows of "
-    "different lengths up to the largest, left padded with an attention mask); prompts='random', 'mixed' or "
-    "'text' (the shipped corpus through the tokenizer beside a checkpoint); dtype: float32, float16 or bfloat16. "
-    "Runs only with --decodeperf."
+    "decode_perf("
+    + ", ".join(f"{name}={param.default!r}" for name, param in SIGNATURE.parameters.items())
+    + "): measure token generation for each combination of the given values and check every variant's tokens "
+    "against transformers' generate(). "
+    + "; ".join(f"{name}: {text}" for name, text in KEYWORDS.items())
+    + ". Runs only with --decodeperf."
 )
 
 

@@ -11,24 +11,28 @@ from typing import TypedDict
 
 
 class MachineInfo(TypedDict, total=False):
-    hostname: str
-    platform: str
-    python: str
-    cpu: str
-    num_cpu: int
-    ram_bytes: int
+    """What a run measured on: every number depends on it (also asv's ``machine.json``)."""
+
+    hostname: str  # socket.gethostname()
+    platform: str  # platform.platform()
+    python: str  # the interpreter's version
+    cpu: str  # the CPU's model name
+    num_cpu: int  # logical CPUs
+    ram_bytes: int  # physical memory
     threads: int  # torch.get_num_threads() when the run started
-    torch: str
-    transformers: str
-    cuda: str | None
+    torch: str  # torch.__version__
+    transformers: str  # transformers.__version__
+    cuda: str | None  # torch.version.cuda (None: a CPU build)
     device: str  # "cpu" or "cuda"
-    gpu_name: str | None
-    gpu_driver: str | None
+    gpu_name: str | None  # CUDA: the device's name
+    gpu_driver: str | None  # CUDA: nvidia-smi's driver version
     bandwidth_gb_per_s: float | None  # copy bandwidth measured once per run on the device (engine/roofline.py)
     canary_ms: float | None  # the drift canary: a fixed matmul loop's median ms (engine/machine.py)
 
 
 class ResultRecord(TypedDict):
+    """One measured variant (a pytest item of a ``decode_perf`` test, or a ``decodeperf run`` row)."""
+
     test: str  # pytest nodeid (or "engine[<variant id>]" outside pytest)
     model: str
     model_label: str  # how ids and tables show it: a checkpoint by its directory's name (older records: absent)

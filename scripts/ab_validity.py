@@ -15,7 +15,7 @@ tallied:
 Each variant's ms/token verdict is one decision; prefill's is tallied apart. A session fails when
 pytest exits non-zero. This times real generations for minutes to hours: a benchmark, never a CI
 test (CI runs it once with tiny settings to see it work, no rate asserted). Prints one markdown table
-row per model and condition, and the whole table at the end, for the README:
+row per model and condition, and the whole table at the end, for docs/explanation/validity.md:
 
     python scripts/ab_validity.py --models tiny-gpt2,tiny-llama-gqa --aa-sessions 25 --sessions 10
 """

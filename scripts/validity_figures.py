@@ -1,4 +1,4 @@
-"""The figures of README's "How we know the numbers are right", measured on this machine.
+"""The in-process figures of docs/explanation/validity.md, measured on this machine.
 
     python scripts/validity_figures.py [--quick]
 
@@ -8,7 +8,7 @@ Prints, with the helpers of scripts/validity_lib.py:
     machine's drift between runs included), with the largest run-to-run ratio;
 (3) the gate's verdict on a 10% per-step slowdown;
 (4) injected vs measured (harness and independent stopwatch) per-step slowdowns.
-``--quick`` runs each part small (a smoke test; its figures are not the README's).
+``--quick`` runs each part small (a smoke test; its figures are not the page's).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ this machine reaches, so the test cannot flake). ``--decodeperf-ab`` against com
 naming the variant, the ratio and the interval; against HEAD itself (A/A) it must not fail, at a
 gate of 100% so that this plumbing test is no statistical assertion either. The gate's statistics
 are tested on synthetic samples (``test_ab_stats.py``); its live false-alarm and detection rates
-come from ``scripts/ab_validity.py`` and stand in the README.
+come from ``scripts/ab_validity.py`` and stand in docs/explanation/validity.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ fail ``--decodeperf-compare`` and show in ``asv publish``'s regressions; commit 
 code again and must pass (A/A). Then ``asv compare`` and ``asv publish`` read what pytest wrote.
 
 These are separate pytest processes, one after another, on a shared 2-core VM whose speed swings
-by up to 50% between runs (measured; see README's validity section), so this test gates at 100%
+by up to 50% between runs (measured; see docs/explanation/validity.md), so this test gates at 100%
 and injects +20 ms on a 1-8 ms step (3x or more): it proves the plumbing and cannot flake. The
 gate's statistics are unit-tested on synthetic samples (tests/test_regression.py); their live
 figures come from scripts/validity_figures.py.

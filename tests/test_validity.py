@@ -6,7 +6,7 @@ ms/token = S + D and the slowdown D / S: the clock marks, the prefill split and 
 arithmetic are right, on every stream mode and cache, with no wall-clock noise in CI.
 
 The same checks against the real clock (an independent stopwatch, injected busy-work, the gate's
-A/A false alarms) are benchmarks: ``python scripts/validity_figures.py``, figures in README.
+A/A false alarms) are benchmarks: ``python scripts/validity_figures.py``, figures in docs/explanation/validity.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The GitHub Actions workflows: actionlint finds nothing, and the nightly does what docs/nightly.md says."""
+"""The GitHub Actions workflows: actionlint finds nothing, and the nightly does what docs/how-to/nightly.md says."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ class CacheStrategy:
     make: CacheFactory
     feeds_full_sequence: bool = False
     preallocated: bool = False
+    description: str = ""  # one line for the reference pages and --help
 
 
 CACHES: dict[str, CacheStrategy] = {}
@@ -75,13 +76,27 @@ def get_cache(name: str) -> CacheStrategy:
     return CACHES[check_choice("cache type", name, CACHES)]
 
 
-register_cache(CacheStrategy("none", lambda model, batch, max_len: None, feeds_full_sequence=True))
-register_cache(CacheStrategy("dynamic", lambda model, batch, max_len: DynamicCache(config=model.config)))
+register_cache(
+    CacheStrategy(
+        "none",
+        lambda model, batch, max_len: None,
+        feeds_full_sequence=True,
+        description="no cache: every step re-runs the whole sequence (the article's naive loop)",
+    )
+)
+register_cache(
+    CacheStrategy(
+        "dynamic",
+        lambda model, batch, max_len: DynamicCache(config=model.config),
+        description="transformers' DynamicCache (config-built: per-layer-type layers), grown every step",
+    )
+)
 register_cache(
     CacheStrategy(
         "static",
         lambda model, batch, max_len: StaticCache(config=model.config, max_cache_len=max_len),
         preallocated=True,
+        description="transformers' StaticCache, allocated once outside the timed region and reset per round",
     )
 )
 

@@ -21,6 +21,8 @@ from .caches import CacheSlot, get_cache
 from .loop import generate
 from .masks import left_pad
 from .models import pad_token_id, vocab_size
+from .parity import row_lengths
+from .reference import loop_refusal, model_eos_cleared
 from .stream_modes import get_stop_policy
 
 STOPS = ("eos", "none")
@@ -157,8 +159,6 @@ def reference_tokens(
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Greedy tokens [B, N] with no stop at all (dynamic cache; generate() for a model the loop cannot drive)."""
-    from .reference import loop_refusal, model_eos_cleared
-
     if loop_refusal(model) is not None:
         with torch.inference_mode(), model_eos_cleared(model):
             sequences: torch.Tensor = model.generate(  # type: ignore[operator]
@@ -237,17 +237,6 @@ def choose_eos(generated: torch.Tensor, pad_id: int) -> list[int]:
                 chosen.add(int(tok))
                 break
     return sorted(chosen)
-
-
-def row_lengths(generated: torch.Tensor, eos_ids: list[int] | torch.Tensor) -> tuple[int, ...]:
-    """Per-row generated length up to and including the first EOS (full width if none)."""
-    eos = torch.as_tensor(eos_ids, dtype=torch.long).to(generated.device)
-    is_eos = torch.isin(generated, eos)
-    width = int(generated.shape[1])
-    first = torch.where(
-        is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, torch.full_like(is_eos[:, 0], width, dtype=torch.long)
-    )
-    return tuple(int(x) for x in first.tolist())
 
 
 def make_workload(
