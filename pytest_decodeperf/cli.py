@@ -48,7 +48,12 @@ def _run(args: argparse.Namespace) -> int:
             Variant(m, c, s, b, args.new_tokens, args.stop, dtype=args.dtype, prompt_len=p, prompts=k).validate(device)
             for m, c, b, (p, k), s in itertools.product(models, _csv(args.caches), batches, points, _csv(args.streams))
         ]
-        runner = Runner(device, rounds=args.rounds, warmup=args.warmup)
+        if args.rounds < 1 or args.warmup < 0 or not 0 <= args.max_time <= 3600:
+            raise DecodePerfError(
+                f"--rounds must be >= 1, --warmup >= 0 and --max-time 0 to 3600 s; got {args.rounds}, "
+                f"{args.warmup}, {args.max_time:g}"
+            )
+        runner = Runner(device, rounds=args.rounds, warmup=args.warmup, max_time_s=args.max_time)
         records = []
         for variant in variants:
             result = runner.run(variant)
@@ -172,7 +177,13 @@ def parser() -> argparse.ArgumentParser:
         "--prompts", default="random", help="random, mixed or text (the corpus, through a checkpoint's tokenizer)"
     )
     run.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
-    run.add_argument("--rounds", type=int, default=5)
+    run.add_argument("--rounds", type=int, default=5, help="timed rounds per variant, at least")
+    run.add_argument(
+        "--max-time",
+        type=float,
+        default=1.0,
+        help="seconds of more rounds per variant once --rounds are in, while the median is not pinned within +-2%%",
+    )
     run.add_argument("--warmup", type=int, default=1)
     run.add_argument("--json", default=None, help="also write the records to this file")
     for name, text in (

@@ -263,8 +263,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec(
         "max-time",
-        "seconds of timed rounds per variant past --decodeperf-rounds, spent only while the median's 95% "
-        "interval is wider than +-2% (default 1; 0: exactly --decodeperf-rounds)",
+        "seconds of more timed rounds per variant once --decodeperf-rounds are in, spent only while the "
+        "median's 95% interval is wider than +-2% (default 1; 0: exactly --decodeperf-rounds)",
         _seconds,
         1.0,
         metavar="S",

@@ -107,6 +107,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     ab = _ab(session.config)
     if ab is None or session.config.option.collectonly:
         return
+    if session.testsfailed and not session.config.option.continue_on_collection_errors:
+        return  # collection failed: pytest stops before any item, so nothing would read a verdict
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     progress = (lambda line: reporter.write_line(line)) if reporter is not None else (lambda line: None)
     ab.run_all(progress)

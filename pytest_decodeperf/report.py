@@ -268,6 +268,6 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
         out.append(
             f"WARNING: {len(unstable)} of {len(rows)} variants are unstable (the 95% interval of their median, or of "
             "their ratio to the baseline, is wider than +-5%): their 'vs baseline' carries '?' and is not a speedup; "
-            "rerun with more --decodeperf-max-time, --decodeperf-threads=1, or on a quieter machine"
+            "give it more time (--decodeperf-max-time, decodeperf run --max-time), one thread, or a quieter machine"
         )
     return "\n".join(out)

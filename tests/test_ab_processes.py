@@ -109,17 +109,33 @@ def test_fewer_than_three_process_pairs_never_decide() -> None:
     assert verdict.message() == "unknown: 2 process pairs, need at least 3 to decide"
 
 
+NOISY = (1.15, 0.87, 1.0)  # three process pairs' B/A: no change on average, +-15% between process pairs
+
+
+def noisy_pairs(gate: ClusteredAB, factors: tuple[float, ...] = NOISY, shift: float = 1.0) -> None:
+    rng = np.random.default_rng(6)
+    for factor in factors:
+        a = rng.lognormal(0, 0.01, 20)
+        gate.add(a, a * factor * shift)
+
+
 def test_a_metric_too_noisy_for_the_gate_is_called_not_judged_and_a_quiet_one_is_not() -> None:
     rng = np.random.default_rng(6)
     noisy = ClusteredAB(0.05, max_processes=PROCESSES)
     quiet = ClusteredAB(0.05, max_processes=PROCESSES)
+    noisy_pairs(noisy)
     for _ in range(3):
-        noisy.add(rng.lognormal(0, 0.01, 20), rng.lognormal(0, 0.01, 20) * rng.lognormal(0, 0.15))
         quiet.add(*process_pair(rng, 0.0, 0.01, heavy=False))
     assert noisy.hopeless() and not quiet.hopeless()
     verdict = noisy.verdict()
     assert verdict.decision is Decision.UNKNOWN
     assert verdict.message().startswith("not judged: it varies ±") and "in 10 process pairs (x" in verdict.message()
+
+
+def test_a_noisy_metric_whose_estimate_is_beyond_the_gate_is_never_given_up() -> None:
+    gate = ClusteredAB(0.05, max_processes=PROCESSES)
+    noisy_pairs(gate, shift=1.2)  # as noisy, but 20% slower on average: it may be worse, keep sampling
+    assert not gate.hopeless() and "not judged" not in gate.verdict().message()
 
 
 def test_a_gross_change_is_worse_even_for_a_metric_too_noisy_to_be_judged_same() -> None:
@@ -139,3 +155,39 @@ def test_bad_input_and_parameters_are_one_clear_line() -> None:
         ClusteredAB().add([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match=r"b\[1\] = nan: timings must be finite and > 0"):
         ClusteredAB().add([1.0, 2.0], [1.0, float("nan")])
+
+
+def test_a_noisy_metric_far_beyond_the_gate_is_sampled_on_not_given_up_as_not_judged() -> None:
+    """The item-level stopping rule: ms/token settles early, a noisy prefill 1.5x slower must still end
+    WORSE (it used to be dropped as "not judged" once SAME was out of reach, and pass)."""
+    from pytest_decodeperf.ab.controller import PRIMARY, ItemVerdict
+
+    rng = np.random.default_rng(8)
+    worse = 0
+    for _ in range(40):
+        item = ItemVerdict("t::x", "x")
+        while not item.settled and item.gates.get(PRIMARY, ClusteredAB()).n_processes < PROCESSES:
+            for name, slowdown, spread in ((PRIMARY, 0.0, 0.01), ("prefill_ms", 0.5, 0.057)):
+                gate = item.gates.setdefault(name, ClusteredAB(0.05, max_processes=PROCESSES))
+                if not gate.done:
+                    a = rng.lognormal(0, 0.01, 20)
+                    gate.add(a, a * (1 + slowdown) * rng.lognormal(0, spread) * rng.lognormal(0, 0.01, 20))
+        worse += item.failed
+    assert worse == 40
+
+
+def test_a_noisy_metric_with_no_material_change_is_not_waited_for() -> None:
+    from pytest_decodeperf.ab.controller import PRIMARY, ItemVerdict
+
+    rng = np.random.default_rng(9)
+    item = ItemVerdict("t::x", "x")
+    item.gates["prefill_ms"] = ClusteredAB(0.05, max_processes=PROCESSES)
+    noisy_pairs(item.gates["prefill_ms"])
+    item.gates[PRIMARY] = ClusteredAB(0.05, max_processes=PROCESSES)
+    for _ in range(10):
+        if item.gates[PRIMARY].done:
+            break
+        item.gates[PRIMARY].add(*process_pair(rng, 0.0, 0.002, heavy=False))
+    assert item.gates[PRIMARY].verdict().decision is Decision.SAME
+    assert item.settled and not item.failed  # the noisy prefill is not waited for...
+    assert item.verdicts["prefill_ms"].message().startswith("not judged")  # ...and says so

@@ -203,7 +203,7 @@ def test_the_time_budget_ends_the_rounds_of_a_variant_that_never_settles(monkeyp
     fake = FakeRounds(monkeypatch)
     wild = [1.0, 2.0] * 100
     m = measure(fake.of(wild), torch.device("cpu"), Budget(5, max_time_s=12.0), warmup=0)
-    assert len(m.rounds) == 8  # 12 s of rounds: the budget is spent (it is checked between rounds)
+    assert len(m.rounds) == 13  # the 5 of the minimum, then 12 s more: spent (it is checked between rounds)
     assert m.precision_pct > UNSTABLE_PCT
 
 
@@ -225,6 +225,20 @@ def test_a_reference_alternates_with_the_variant_and_the_speedup_is_the_median_o
         fake.now += next(base_s)
         return fake.out
 
-    m = measure(variant, torch.device("cpu"), Budget(5), warmup=0, reference=baseline)
-    assert "".join(order) == "B" + "BV" * 5
+    m = measure(variant, torch.device("cpu"), Budget(5), warmup=0, reference=lambda: baseline)
+    assert "".join(order) == "B" + "BVVBBVVBBV"  # warmed, then each pair's order alternates
     assert m.vs_reference == (1.25, 1.25, 1.25) and m.precision_pct == 0.0  # medians alone: 1.0 s vs 1.25 s
+
+
+def test_a_stream_mode_is_paired_with_its_baseline_except_where_that_would_time_something_else(
+    tiny_model: PreTrainedModel,
+) -> None:
+    runner = Runner("cpu", rounds=2, warmup=0)
+    result = runner.run(Variant("tiny-gpt2", "static", "pipelined", 1, 8), tiny_model)
+    rec = result.record()
+    assert len(result.measurement.reference_rounds) == 2 and rec["vs_baseline"] is not None
+    assert rec["vs_baseline_low"] <= rec["vs_baseline"] <= rec["vs_baseline_high"]
+    assert rec["kv_cache_bytes"] == rec["kv_cache_bytes_analytic"]  # the variant's own cache was checked
+    assert not runner._pairable(tiny_model, Variant("tiny-gpt2", "static", "baseline", 1, 8))
+    assert not runner._pairable(tiny_model, Variant("tiny-gpt2", "static", "pipelined", 1, 8, compile=True))
+    assert not Runner("cpu", paired=False)._pairable(tiny_model, Variant("tiny-gpt2", "static", "pipelined", 1, 8))

@@ -15,9 +15,10 @@ Student-t quantile at each look's tail probability. ``rho = 2`` rather than 3 as
 there are at most ~10 looks and the first ones are held back by their few degrees of freedom anyway.
 Chosen by simulation (``tests/test_ab_processes.py``; 10 process pairs of 20 round pairs, process
 bias SD 1-2% as measured on the 2-core VM): A/A SAME in 98-100% of runs after 5-7 process pairs on
-average, never WORSE; +5% WORSE in 98-100%; +2% WORSE in 1-7%. A metric whose spread is too large to ever be
-shown within the gate in the process budget is *hopeless*: the controller stops paying for it and
-says so (its verdict can still be WORSE if the change is far beyond its noise).
+average, never WORSE; +5% WORSE in 98-100%; +2% WORSE in 1-7%. A metric whose spread is too large to
+ever be shown within the gate in the process budget, and whose estimate so far shows no material
+change, is *hopeless*: the controller stops paying for it and says so. One whose estimate is beyond
+``magnitude`` of the gate keeps being sampled: more process pairs may show it worse.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class ClusteredAB:
         tail = self._tail(tuple(self._taus))
         final = k >= self.max_processes
         verdict = _verdict(self._estimate(), tail, self.threshold, self.confidence, self.magnitude, final)
+        verdict = replace(verdict, note=verdict.note.replace("need more pairs", "need more process pairs"))
         if verdict.decision is Decision.UNKNOWN and self.hopeless():
             verdict = replace(verdict, note=self.hopeless_note())
         self._last = replace(verdict, processes=k)
@@ -150,9 +152,12 @@ class ClusteredAB:
         return q * sd / math.sqrt(self.max_processes)
 
     def hopeless(self) -> bool:
-        """True when SAME is out of reach within the process budget: the metric's noise is larger than the gate."""
+        """True when SAME is out of reach within the process budget (the metric's noise is larger than the
+        gate) *and* the estimate so far is no material change: a metric whose estimate is already beyond
+        ``magnitude`` of the gate is never given up on, since more process pairs may show it is worse."""
         width = self.projected_half_width()
-        return width is not None and width >= math.log1p(self.threshold)
+        g = math.log1p(self.threshold)
+        return width is not None and width >= g and abs(float(np.mean(self.estimates))) < self.magnitude * g
 
     def hopeless_note(self) -> str:
         sd = self.spread() or 0.0

@@ -15,6 +15,7 @@ fails an item; UNKNOWN says why and passes; the sync count compares exactly.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -220,7 +221,8 @@ class ABRun:
                 collected, problems = self._collected()
                 missing = [i.nodeid for i in left if i.nodeid not in collected["A"] or i.nodeid not in collected["B"]]
                 if problems["A"] or problems["B"] or missing:
-                    raise WorkerGone(f"process pair {self.pair} collected other items than the first: {missing[:1]}")
+                    why = [*problems["A"], *problems["B"], *(f"{n} not collected" for n in missing)]
+                    raise WorkerGone(f"process pair {self.pair} collected other items than the first: {why[0]}")
                 self._order([item.nodeid for item in left])
         except WorkerGone as exc:
             self.broken = str(exc)
@@ -316,4 +318,7 @@ class ABRun:
         ]
 
     def close(self) -> None:
+        """End the workers; their logs go too unless something broke (the verdict lines name them)."""
         self._end_pair()
+        if self.broken is None and not any(item.error for item in self.items.values()):
+            shutil.rmtree(self.log_dir, ignore_errors=True)

@@ -113,8 +113,8 @@ class WorkerPlugin:
             variant, _parity = plugin._item_param(item)
             model = item.stash[plugin.MODEL_KEY]
             rounds = PairedRounds(plugin._session(item.config).runner, model, variant)
-            if self.cpus and hasattr(os, "sched_setaffinity"):
-                os.sched_setaffinity(0, self.cpus)
+            if self.cpus:
+                _pin(self.cpus)
                 self.cpus = None
             rounds.warm()
             syncs = rounds.syncs_per_step()
@@ -133,6 +133,18 @@ class WorkerPlugin:
                 traceback.print_exc()
                 self.outbox.send(("error", item.nodeid, f"{type(exc).__name__}: {exc}".splitlines()[0]))
                 return
+
+
+def _pin(cpus: set[int]) -> None:
+    """Every thread of this process onto ``cpus`` (Linux pins per thread: torch's pool already exists)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    tasks = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
+    for tid in tasks:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that ended meanwhile
 
 
 def main(argv: list[str]) -> int:

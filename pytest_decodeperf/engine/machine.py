@@ -51,8 +51,8 @@ def drift_canary_ms(device: torch.device | str, threads: int | None = None, repe
     """Median milliseconds of a fixed small matmul loop on ``device``: how fast the machine is right now.
 
     Two runs compared through history see two machine states; on a shared VM they differ by tens of
-    percent. When this figure moved more than the gate between the two runs, the history comparison
-    says so and gives no verdict (``history/compare.py``).
+    percent. Timed at a run's start and end, this bounds the machine's move between two runs, and the
+    history comparison judges each timed metric against it (``history/compare.py``: ``Drift``).
     """
     dev = torch.device(device)
     before = torch.get_num_threads()

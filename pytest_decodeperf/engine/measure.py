@@ -259,7 +259,8 @@ RunOnce = Callable[[Clock], DecodeOutput]
 @dataclass(frozen=True)
 class Budget:
     """How many timed rounds: at least ``rounds``; then more while the median's interval is wider than
-    ``target_pct`` and the timed rounds so far took less than ``max_time_s`` (0: exactly ``rounds``)."""
+    ``target_pct``, for at most ``max_time_s`` past the minimum (0: exactly ``rounds``). ``elapsed_s``:
+    the seconds since the minimum was reached."""
 
     rounds: int
     max_time_s: float = 0.0
@@ -281,15 +282,17 @@ def measure(
     warmup: int,
     settled: Callable[[], int] | None = None,
     max_extra_warmup: int = 5,
-    reference: RunOnce | None = None,
+    reference: Callable[[], RunOnce] | None = None,
 ) -> Measurement:
     """Run ``warmup`` rounds (their times kept apart), then timed ones as the budget says.
 
     ``run_once(clock)`` runs one generation and calls ``clock.mark_prefill()`` after the prefill.
     ``settled``: a counter (e.g. compiled graphs) that must stop moving before timing starts;
     warmup goes on, up to ``max_extra_warmup`` more rounds, while a round still changes it, so
-    a recompile is never inside the timed rounds. ``reference``: the baseline's generation, warmed
-    once and timed in a round of its own before each of the variant's (``Measurement.vs_reference``).
+    a recompile is never inside the timed rounds. ``reference``: makes the baseline's generation, warmed
+    once and timed in a round of its own beside each of the variant's, first and second in turn
+    (``Measurement.vs_reference``); dropped after the timed rounds, before the memory round, so its
+    cache never counts in the variant's memory.
     """
     budget = rounds if isinstance(rounds, Budget) else Budget(rounds)
     clock = Clock(device)
@@ -319,7 +322,7 @@ def _measure(
     settled: Callable[[], int] | None,
     max_extra_warmup: int,
     warm: list[float],
-    reference: RunOnce | None,
+    make_reference: Callable[[], RunOnce] | None,
 ) -> Measurement:
     with torch.inference_mode():
         changed = False
@@ -338,22 +341,31 @@ def _measure(
             total, pre = clock.stop()
             return Round(total, pre, out, step_s=clock.step_s())
 
+        reference = make_reference() if make_reference is not None else None
         if reference is not None:
             timed_round(reference)  # warm (the baseline may not have run in this process yet)
         timed: list[Round] = []
         paired: list[Round] = []
-        began = time.perf_counter()
+        began = math.nan  # when the minimum rounds are in: the budget is time past them
         precision = math.inf
-        while budget.more(len(timed), time.perf_counter() - began, precision):
-            if reference is not None:
+        while budget.more(len(timed), 0.0 if began != began else time.perf_counter() - began, precision):
+            if reference is not None and len(timed) % 2 == 1:  # R V, V R, R V, ...: drift inside a pair cancels
+                timed.append(timed_round(run_once))
                 paired.append(timed_round(reference))
-            timed.append(timed_round(run_once))
+            else:
+                if reference is not None:
+                    paired.append(timed_round(reference))
+                timed.append(timed_round(run_once))
             precision = Measurement(timed, reference_rounds=paired).precision_pct
+            if len(timed) == budget.rounds:
+                began = time.perf_counter()
+        reference = None  # its cache must not count in the memory round
         memory: list[Round] = []
         if cuda:
             # Memory has its own untimed round: as the article does, it starts from an empty
             # allocator cache, so the reserved peak shows this variant's fragmentation. Emptying
             # the cache before timed rounds would time cudaMalloc calls instead of decoding.
+            gc.collect()  # the paired baseline's cache, if anything cyclic still holds it
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             start = int(torch.cuda.memory_allocated(device))

@@ -220,9 +220,13 @@ class Runner:
         return compiled
 
     def run_once_fn(
-        self, model: PreTrainedModel, variant: Variant, workload: Workload
+        self, model: PreTrainedModel, variant: Variant, workload: Workload, track: bool = True
     ) -> Callable[[Clock], DecodeOutput]:
-        """One generation of ``variant`` as a function of the round's clock."""
+        """One generation of ``variant`` as a function of the round's clock.
+
+        ``track``: keep its cache slot (and allocation watch) as the one the roofline and the KV check read;
+        False for the paired baseline, whose cache is not the variant's.
+        """
         variant.validate(self.device)
         if variant.is_hf:
             # generate() compiles by itself (its CompileConfig) when asked; a torch.compile
@@ -237,10 +241,11 @@ class Runner:
             return run_hf
         target = self._callable(model, variant)
         slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
-        self._last_slot = slot
-        self._last_watch = None
         requested = runtime_for(self.device).requested_bytes
-        if slot.kept is not None and requested() is not None:
+        if track:
+            self._last_slot = slot
+            self._last_watch = None
+        if track and slot.kept is not None and requested() is not None:
             # what the static cache's layers ask the allocator for when they initialise (first generation)
             self._last_watch = AllocationWatch(cast(Callable[[], int], requested)).watch(slot.kept)
         if variant.compile and slot.kept is not None:
@@ -376,6 +381,25 @@ class Runner:
         finally:
             torch.set_num_threads(before)
 
+    def _pairable(self, model: PreTrainedModel, variant: Variant) -> bool:
+        """Whether ``variant``'s rounds can alternate with its baseline's (then its speedup is paired).
+
+        Not the baseline itself; not under torch.compile (the baseline's own static cache would recompile
+        in a warmup round that has no settle loop, and spend dynamo's recompile limit twice as fast); not a
+        generate() mode on a model the decode loop cannot drive or that ignores the cache it is given (the
+        baseline would time wrong tokens).
+        """
+        if not self.paired or variant.stream == "baseline" or variant.compile:
+            return False
+        if loop_refusal(model) is not None:
+            return False
+        if variant.cache == "none":
+            return True
+        state = self._of(model)
+        if state.cache_refusal is None:
+            state.cache_refusal = (ignored_cache_refusal(model),)
+        return state.cache_refusal[0] is None
+
     def _run(
         self, variant: Variant, model: PreTrainedModel | None, parity: bool, max_syncs_per_step: int | None
     ) -> VariantResult:
@@ -393,10 +417,14 @@ class Runner:
             if state.cache_refusal[0] is not None:
                 raise DecodePerfError(f"{variant.id}: {state.cache_refusal[0]}; cache=none still runs it")
         workload = self.workload(model, variant)
-        reference = None
-        if self.paired and variant.stream != "baseline":
-            reference = self.run_once_fn(model, variant.baseline(), workload)  # first: the variant's slot is kept
         once = self.run_once_fn(model, variant, workload)
+        reference = None
+        if self._pairable(model, variant):
+            base = variant.baseline()
+
+            def reference() -> Callable[[Clock], DecodeOutput]:  # made in measure(), dropped before its memory round
+                return self.run_once_fn(model, base, workload, track=False)
+
         profile: ProfileStats | None = None
         graphs_before = dict(compile_counters())
         try:

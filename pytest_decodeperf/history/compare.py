@@ -343,6 +343,11 @@ def render_table(cmp: Comparison) -> str:
         f"{cmp.fail_pct:g}% and significant (asv compare's statistics); '~': not significant",
         *cmp.warnings,
         *([cmp.drift.describe()] if cmp.drift is not None and cmp.drift.moved(1 + cmp.fail_pct / 100) else []),
+        *(
+            ["no drift canary in one of the two runs (an older history): judged by asv's statistics alone"]
+            if cmp.drift is None and cmp.rows
+            else []
+        ),
     ]
     sections = (
         ("Worsened:", [r for r in cmp.rows if r.mark == "+"]),
