@@ -45,7 +45,8 @@ def model_config(name: str) -> PreTrainedConfig:
         from transformers import AutoConfig
 
         try:
-            return cast(PreTrainedConfig, AutoConfig.from_pretrained(name, local_files_only=True))
+            config = AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=False)
+            return cast(PreTrainedConfig, config)
         except Exception as exc:  # a damaged config: one line
             raise DecodePerfError(f"checkpoint {name!r}: its config does not load: {exc}".splitlines()[0]) from None
     with torch.device("meta"):
