@@ -123,7 +123,7 @@ def records(path: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def started_by_the_plugin(project: Path) -> subprocess.CompletedProcess[str]:
-    return run(project, "--benchmark-disable", "--decodeperf-json=plugin.json")
+    return run(project, "--benchmark-json=bench.json", "--decodeperf-json=plugin.json")
 
 
 def test_the_plugin_starts_two_ranks_whose_tokens_are_generates_and_only_the_session_writes(
@@ -146,6 +146,8 @@ def test_the_plugin_starts_two_ranks_whose_tokens_are_generates_and_only_the_ses
         single = recs[rec["test"].replace("-tp2]", "]")]
         assert rec["kv_bytes_per_step"] == pytest.approx(single["kv_bytes_per_step"] / 2)  # each rank: half the heads
     assert [p.name for p in project.glob("wrote-json-*")] == ["wrote-json-session"]
+    benchmarks = {b["fullname"]: b for b in json.loads((project / "bench.json").read_text())["benchmarks"]}
+    assert {r["test"] for r in sharded} <= set(benchmarks)  # pytest-benchmark gets the ranks' rounds too
 
 
 def test_a_rank_that_fails_or_dies_fails_its_item_naming_it_and_the_session_goes_on(
