@@ -57,3 +57,15 @@ def test_left_padded_batches_of_mixed_prompt_lengths(decode_result: VariantResul
         assert max(lengths) == longest and len(set(lengths)) > 1
     else:
         assert set(lengths) == {longest}
+
+
+@pytest.mark.decode_perf(
+    models="tiny-llama-gqa", cache="dynamic", stream=("baseline", "pipelined"), batch_size=1, new_tokens=32, tp=1
+)
+def test_tensor_parallel(decode_result: VariantResult) -> None:
+    """A model transformers can shard (Llama, GQA), at tp=1 here: ``--decodeperf-tp=1,2`` adds its tp=2 rows, the
+    ranks started by the plugin (or run under torchrun); the collectives per step and the world size show there."""
+    record = decode_result.record()
+    assert record["tp"] == decode_result.variant.tp
+    if record["tp"] > 1:
+        assert record["collectives_per_step"] and record["world_size"] >= record["tp"]

@@ -26,6 +26,7 @@ def decode_perf(
     prompt_lens: int | str | Sequence[int | str] | None = None,
     prompts: str = "random",
     dtype: str | Sequence[str] = "float32",
+    tp: int | Sequence[int] = 1,
 ) -> None:
     """Signature of the marker (never called): each keyword takes one value or a sequence."""
 
@@ -50,6 +51,8 @@ KEYWORDS: dict[str, str] = {
     "prompts": "random (seeded ids), mixed (left-padded rows of different lengths) or text (the shipped corpus "
     "through the tokenizer beside a checkpoint)",
     "dtype": "the weights' dtype",
+    "tp": "tensor-parallel ranks the model is sharded over (tp=2: ids gain -tp2; the plugin starts the ranks, or "
+    "runs under torchrun or srun)",
 }
 MARKER_DOC = (
     "decode_perf("
@@ -107,12 +110,14 @@ def parse_marker(
     default_prompt_lens: Sequence[int] = (4,),
     prompt_lens: Sequence[PromptLen] | None = None,
     dtype: str | None = None,
+    tp: Sequence[int] | None = None,
 ) -> tuple[list[Variant], bool]:
     """Validate the marker's arguments; return its variants and whether parity is checked.
 
     ``custom_model``: the ``decode_model`` fixture is overridden, so model names are the user's labels.
     ``default_prompt_lens``: the device's, for a marker without ``prompt_lens``; ``prompt_lens``: the
-    ``--decodeperf-prompt-lens`` option, which overrides the marker's; ``dtype``: ``--decodeperf-dtype``, likewise.
+    ``--decodeperf-prompt-lens`` option, which overrides the marker's; ``dtype``: ``--decodeperf-dtype``, likewise;
+    ``tp``: ``--decodeperf-tp``, likewise.
     """
     # The engine's registries say which names are valid: imported only for a marked test.
     from .engine.caches import CACHES
@@ -148,6 +153,7 @@ def parse_marker(
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
         raise DecodePerfError(f"decode_perf max_syncs_per_step must be None or an integer >= 0, got {budget!r}")
     dtypes = tuple(check_choice("dtype", d, DTYPES) for d in _seq(dtype if dtype is not None else a["dtype"]))
+    tps = tuple(dict.fromkeys(check_positive("tp", t) for t in _seq(tp if tp is not None else a["tp"])))
     kind = check_choice("prompts", a["prompts"], PROMPTS)
     if kind == "text" and not custom_model:
         from .engine.models import is_checkpoint
@@ -173,6 +179,7 @@ def parse_marker(
         ("compile", compiles),
         ("prompt_lens", prompt_points),
         ("dtype", dtypes),
+        ("tp", tps),
     ):
         if not values:
             raise DecodePerfError(f"decode_perf {name} is empty")
@@ -188,9 +195,10 @@ def parse_marker(
             dtype=dt,
             prompt_len=p,
             prompts=k,
+            tp=t,
         )
-        for m, dt, c, co, b, (p, k), n, st, s in itertools.product(
-            models, dtypes, caches, compiles, batches, prompt_points, lengths, stops, streams
+        for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
+            models, dtypes, tps, caches, compiles, batches, prompt_points, lengths, stops, streams
         )
     ]
     return variants, a["parity"]

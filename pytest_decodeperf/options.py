@@ -153,6 +153,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise DecodePerfError(f"a timeout must be above 0 seconds, got {value:g}")
+    return value
+
+
 def _pct(text: str) -> float:
     try:
         value = float(str(text).rstrip("%"))
@@ -253,6 +260,22 @@ OPTIONS: tuple[OptionSpec, ...] = (
         lambda t: check_choice("dtype", str(t).strip(), ("float32", "float16", "bfloat16")),
         None,
         metavar="{float32,float16,bfloat16}",
+    ),
+    OptionSpec(
+        "tp",
+        "comma list of tensor-parallel sizes, overriding the marker's tp for every model transformers can shard "
+        "(others stay at 1); one node: the plugin starts the ranks, under torchrun/SLURM the launch's ranks run",
+        _ints("tp"),
+        None,
+        metavar="N,N",
+    ),
+    OptionSpec(
+        "tp-timeout",
+        "seconds a tensor-parallel rank waits in a collective (the process group's timeout) before it fails the "
+        "item: a rank that died or raised ends the item, never hangs it (default 300)",
+        _timeout,
+        300.0,
+        metavar="S",
     ),
     OptionSpec(
         "rounds",
@@ -424,6 +447,8 @@ class Settings:
     prompt_lens: tuple[int | str, ...] | None
     model_path: str | None
     dtype: str | None
+    tp: tuple[int, ...] | None
+    tp_timeout: float
     rounds: int
     max_time: float
     warmup: int

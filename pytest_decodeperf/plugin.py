@@ -72,6 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         if settings.ab is not None:
             _configure_ab(config, settings, session.device.type)
+        from .tp.hooks import configure as configure_tp
+
+        configure_tp(config, session)  # a rank of torchrun/srun joins the process group here; tp/plugin.py's hooks
     config.stash[SESSION_KEY] = session
 
 
@@ -94,7 +97,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     ab = _ab(session.config)
     if ab is None:
         return
-    marked = [item.nodeid for item in session.items if _item_param(item) is not None]
+    marked = [item.nodeid for item in session.items if (p := _item_param(item)) is not None and p[0].tp == 1]
     try:
         ab.start(session.config, session.items, marked)
     except DecodePerfError as exc:
@@ -170,7 +173,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             _default_prompt_lens(settings),
             settings.prompt_lens,
             settings.dtype,
+            settings.tp,
         )
+        if settings.enabled:
+            from .tp.hooks import select
+
+            variants = select(metafunc.config, _session(metafunc.config), variants, custom_model)
     except DecodePerfError as exc:
         raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: {exc}") from None
     if settings.new_tokens is not None:
@@ -200,7 +208,8 @@ def _narrowed_out(variant: Variant, settings: Settings) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     settings = _session(config).settings
     bs = getattr(config, "_benchmarksession", None)
-    feeds_benchmark = settings.enabled and bs is not None and not bs.disabled and _ab(config) is None
+    reporter = _session(config).reporter  # a rank other than a launch's rank 0 feeds nothing
+    feeds_benchmark = settings.enabled and bs is not None and not bs.disabled and _ab(config) is None and reporter
     if feeds_benchmark and bs is not None and not settings.benchmark_table and not bs.histogram:
         # Its table repeats ours in other units: its own --benchmark-quiet, which keeps its saving and
         # its --benchmark-compare-fail check (display() runs check_regressions either way).
@@ -215,6 +224,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if item.get_closest_marker(MARKER) is not None and not settings.enabled:
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+        elif param is not None and param[0].tp > 1 and _ab(config) is not None:
+            item.add_marker(pytest.mark.skip(reason="--decodeperf-ab does not A/B tensor-parallel variants yet"))
         names = getattr(item, "fixturenames", None)
         if feeds_benchmark and param is not None and isinstance(names, list) and "benchmark" not in names:
             names.append("benchmark")  # its rounds feed pytest-benchmark: it is a benchmark
@@ -285,7 +296,7 @@ def stream_mode(decode_variant: Variant) -> str:
 @pytest.fixture
 def decode_model(request: pytest.FixtureRequest, decode_variant: Variant) -> PreTrainedModel:
     """The model for this item's ``models`` value; override it in conftest.py to measure your own."""
-    return _session(request.config).runner.model(decode_variant.model, decode_variant.dtype)
+    return _session(request.config).runner.model(decode_variant.model, decode_variant.dtype, decode_variant.tp)
 
 
 @pytest.fixture
@@ -305,6 +316,9 @@ def _decodeperf_autorun(request: pytest.FixtureRequest, _decodeperf_param: tuple
     if _decodeperf_param is not None and _session(request.config).settings.enabled:
         if _ab(request.config) is not None:
             return  # under --decodeperf-ab the two workers set up the model, each in its own tree
+        ranks = _session(request.config).ranks
+        if ranks is not None and not ranks.runs(_decodeperf_param[0]):
+            return  # a rank that sits this item out (tp=1 runs on rank 0 alone)
         request.node.stash[MODEL_KEY] = request.getfixturevalue("decode_model")
 
 
@@ -322,19 +336,18 @@ def _run_item(item: pytest.Item) -> ItemOutcome | None:
     if outcome.result is not None:
         if "decode_result" in funcargs:
             funcargs["decode_result"] = outcome.result
-        _feed_pytest_benchmark(item, outcome.result, session.records[-1])
+        _feed_pytest_benchmark(item, session.records[-1])
     return outcome
 
 
-def _feed_pytest_benchmark(item: pytest.Item, result: VariantResult, record: ResultRecord) -> None:
+def _feed_pytest_benchmark(item: pytest.Item, record: ResultRecord) -> None:
     """Hand the rounds already measured to pytest-benchmark (no second run), when it is on."""
     bs = getattr(item.config, "_benchmarksession", None)
     bench = getattr(item, "funcargs", {}).get("benchmark")
     if bs is None or bs.disabled or bs.skip or bench is None:
         return
     bench._mode = "pytest-decodeperf"  # the fixture allows one use; this is it
-    v = result.variant
-    bench.group = f"{v.model}-{v.cache}-b{v.batch_size}-n{v.new_tokens}"
+    bench.group = f"{record['model']}-{record['cache']}-b{record['batch_size']}-n{record['new_tokens']}"
     stats = bench._make_stats(1)
     for seconds in record["samples_s"]:
         stats.update(seconds)
@@ -376,6 +389,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not _session(config).reporter:
+        return
     ab = _ab(config)
     if ab is not None and ab.summary():
         terminalreporter.write_sep("=", "decode perf A/B")
@@ -385,7 +400,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if session.records:
         terminalreporter.write_sep("=", "decode perf")
         terminalreporter.write_line(session.summary())
-    for message in session.messages:
+    for message in [*session.messages, *(f"decode perf: not run: {note}" for note in session.tp_notes)]:
         terminalreporter.write_line(message)
 
 
@@ -396,6 +411,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if workeroutput is not None:  # an xdist worker: hand records to the controller
         workeroutput[RECORDS_KEY] = json.dumps(dp.records)
         return
+    if not dp.reporter:
+        return  # rank 0 of the launch writes
     ab = _ab(config)
     if ab is not None and ab.records() and dp.settings.json is not None:
         dp.write_json(dp.settings.json, ab=ab.records())
@@ -424,7 +441,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_configure_node(node: Any) -> None:
     settings = _session(node.config).settings
     if settings.enabled:
-        assign_gpu(node, settings.share_gpu, settings.device in ("auto", "cuda"))
+        assign_gpu(node, settings.share_gpu, settings.device in ("auto", "cuda"), max(settings.tp or (1,)))
 
 
 @pytest.hookimpl(optionalhook=True)

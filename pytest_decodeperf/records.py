@@ -119,6 +119,14 @@ class ResultRecord(TypedDict):
     generation_peak_bytes: int | None  # CUDA: the memory round's peak over what was resident when it began
     canary_ms: float | None  # the run's drift canary (machine speed), set when history is written
     canary_samples_ms: list[float]  # its timings at the run's start (when an item ran) and end (older: absent)
+    # Tensor parallel (engine/tensor_parallel.py; older records: absent, meaning one process). The times above are
+    # each round's slowest rank's; the roofline fields are one rank's (its shards, plus the collectives' payload).
+    tp: int  # ranks the model was sharded over (1: not sharded)
+    world_size: int  # processes in the launch (torchrun's WORLD_SIZE; 1: one process)
+    backend: str | None  # the model's collectives ran on: "nccl" or "gloo" (None: not sharded)
+    collectives_per_step: float | None  # collectives a decode step launches on one rank, counted by op
+    collective_bytes_per_step: float | None  # their payload bytes (an all-gather's result, the others' input)
+    collective_ops: dict[str, float]  # per decode step by kind: {"all_reduce": 8.0, "all_gather": 1.0}
 
 
 class ABMetric(TypedDict):

@@ -58,6 +58,7 @@ def group_key(rec: ResultRecord) -> tuple[object, ...]:
         rec["dtype"],
         rec["device"],
         prompt_label(rec),
+        rec.get("tp", 1),
     )
 
 
@@ -146,6 +147,7 @@ def sort_records(records: Sequence[ResultRecord]) -> list[ResultRecord]:
             rank(CACHE_ORDER, r["cache"]),
             r["batch_size"],
             prompt_order(r),
+            r.get("tp", 1),
             str(group_key(r)[4:]),
             rank(STREAM_ORDER, r["stream"]),
         ),
@@ -191,9 +193,20 @@ def _syncs(rec: ResultRecord) -> str:
     return f"{hidden:.3g}+{flag:.3g}{over}"
 
 
+TP_COLUMNS = ("tp", "world", "coll/step")  # shown when a record ran on more than one process
+
+
+def _collectives(rec: ResultRecord) -> str:
+    """``10 (12.8 kB)``: collectives a decode step launches on one rank, and their payload."""
+    count, size = rec.get("collectives_per_step"), rec.get("collective_bytes_per_step")
+    return "-" if count is None else f"{count:.3g}" + (f" ({size / 1e3:.1f} kB)" if size else "")
+
+
 def render_table(records: Sequence[ResultRecord], title: str = "decode perf") -> str:
     rows = sort_records(records)
-    cells = [list(COLUMNS)]
+    ranks = any(r.get("tp", 1) > 1 or r.get("world_size", 1) > 1 for r in rows)
+    columns = COLUMNS + (TP_COLUMNS if ranks else ())
+    cells = [list(columns)]
     shaky = {group_key(r) for r in rows if r["stream"] == "baseline" and r.get("unstable")}
     for rec, speed in zip(rows, speedups(rows), strict=True):
         paired = rec.get("vs_baseline") is not None  # its own interval says it all: the baseline's does not enter
@@ -220,10 +233,11 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 _syncs(rec),
                 _fmt(speed, ".3f") + "x" + doubt if speed is not None else "-",
                 rec["parity"],
+                *((str(rec.get("tp", 1)), str(rec.get("world_size", 1)), _collectives(rec)) if ranks else ()),
             ]
         )
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16}
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16, 18, 19, 20}
 
     def line(row: list[str]) -> str:
         return "  ".join(
@@ -240,7 +254,13 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
         "prefill ms = time to first token; "
         "steps = forward passes (+ run past the last kept); syncs/step = hidden + stop-flag blocking device reads "
         "per decode step (! over budget); vs baseline = tok/s over the baseline's, the median of rounds run "
-        "alternately with the baseline's ('?': not pinned within +-5%)",
+        "alternately with the baseline's ('?': not pinned within +-5%)"
+        + (
+            "; tp = ranks the model is sharded over (a round is its slowest rank's; the floor one rank's bytes), "
+            "world = processes in the launch, coll/step = collectives a decode step launches on one rank (payload)"
+            if ranks
+            else ""
+        ),
         rule,
         line(cells[0]),
         rule,

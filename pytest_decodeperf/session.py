@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .engine.results import VariantResult
     from .engine.runner import Runner
     from .engine.variants import Variant
+    from .tp.launcher import RankWorkers
+    from .tp.ranks import RankSession
 
 
 @dataclass
@@ -47,6 +49,14 @@ class DecodePerfSession:
     _device: torch.device | None = None
     _canary_ms: float | None = None
     _canary_samples: list[float] = field(default_factory=list)
+    ranks: RankSession | None = None  # this process is one rank of a launch (tp/ranks.py)
+    launcher: RankWorkers | None = None  # the ranks this session started for its tp>1 items (tp/launcher.py)
+    tp_notes: list[str] = field(default_factory=list)  # variants --decodeperf-tp could not add, and why
+
+    @property
+    def reporter(self) -> bool:
+        """Whether this process prints the table and writes results: not a rank other than the launch's rank 0."""
+        return self.ranks is None or self.ranks.reporter
 
     @property
     def device(self) -> torch.device:
@@ -64,7 +74,10 @@ class DecodePerfSession:
 
             tracer = Tracer(self.settings.nvtx, self.settings.profile_steps, self.device)
             s = self.settings
-            self._runner = Runner(self.device, s.rounds, s.warmup, tracer, threads=self.threads, max_time_s=s.max_time)
+            group = self.ranks.group if self.ranks is not None else None
+            self._runner = Runner(
+                self.device, s.rounds, s.warmup, tracer, threads=self.threads, max_time_s=s.max_time, ranks=group
+            )
         return self._runner
 
     @property
@@ -82,7 +95,7 @@ class DecodePerfSession:
 
     @property
     def wants_history(self) -> bool:
-        return self.settings.asv is not None or self.settings.compare is not None
+        return (self.settings.asv is not None or self.settings.compare is not None) and self.reporter
 
     def machine(self) -> MachineInfo:
         from .engine.machine import machine_info
@@ -95,9 +108,11 @@ class DecodePerfSession:
         """One line for pytest's header: what every number of this run depends on."""
         info = self.machine()
         gpu = f" ({info.get('gpu_name')})" if info.get("gpu_name") else ""
+        group = self.ranks.group if self.ranks is not None else None
+        rank = f", rank {group.rank} of {group.world_size} ({group.env.launcher}, {group.backend})" if group else ""
         return (
             f"decodeperf: device {info.get('device')}{gpu}, torch {info.get('torch')}, "
-            f"transformers {info.get('transformers')}, {info.get('threads')} torch threads, cpu {info.get('cpu')}"
+            f"transformers {info.get('transformers')}, {info.get('threads')} torch threads, cpu {info.get('cpu')}{rank}"
         )
 
     def run_item(self, nodeid: str, outcome: ItemOutcome, model: PreTrainedModel) -> None:

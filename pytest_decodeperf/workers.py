@@ -1,12 +1,13 @@
 """Processes the plugin starts, and the one way to start them, talk to them and end them.
 
-The A/B's sides and the tensor-parallel ranks are both child Python processes that run a script of
-this package by its file path (so a child can put another tree first on ``sys.path``), each with two
+The A/B's sides and the tensor-parallel ranks (``tp/launcher.py``) are both child Python processes that run a
+script of this package by its file path (so a child can put another tree first on ``sys.path``), each with two
 pipes to the parent and a log file. Messages are pickled tuples (``multiprocessing.connection``). A
 reply that does not come, a child that dies or a child that ends its session early raises
-``WorkerGone`` with one line (its exit code and the last line of its log); ``close_all`` closes every
-pipe first (a child waiting for orders reads EOF and finishes), then reaps each child, terminating
-one that does not finish in time. Nothing is left running.
+``WorkerGone`` with one line (its exit code and the last line of its log); ``recv_each`` waits for one
+message from each of several children at once (ranks block on each other, so the one that died must be
+noticed while the others wait); ``close_all`` closes every pipe first (a child waiting for orders reads EOF
+and finishes), then reaps each child, terminating one that does not finish in time. Nothing is left running.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
-from multiprocessing.connection import Connection
+from collections.abc import Iterable, Mapping, Sequence
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import DecodePerfError
 
@@ -111,6 +112,30 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def recv_each(workers: Sequence[WorkerProcess]) -> list[tuple[Any, ...]]:
+    """One message from each worker, in the workers' order, whatever order they come in.
+
+    ``WorkerGone`` as soon as any worker exits, ends its session early or all stay silent past the reply
+    timeout: the others may be blocked waiting for the one that died (a collective), so it is noticed while
+    they wait, not after.
+    """
+    pending = {worker._in: i for i, worker in enumerate(workers)}
+    out: list[tuple[Any, ...]] = [()] * len(workers)
+    deadline = time.monotonic() + max((w.reply_timeout_s for w in workers), default=0.0)
+    while pending:
+        for conn in wait(list(pending), timeout=1.0):
+            index = pending.pop(cast(Connection, conn))  # wait() returns the connections it was given
+            out[index] = workers[index].recv()
+        for conn, index in list(pending.items()):
+            worker = workers[index]
+            if worker.proc.poll() is not None and not conn.poll(0.1):
+                raise WorkerGone(worker.gone())
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(workers[i].name for i in pending.values())
+            raise WorkerGone(f"{names} gave no answer in {workers[0].reply_timeout_s:.0f} s")
+    return out
 
 
 def close_all(workers: Iterable[WorkerProcess]) -> None:

@@ -1,8 +1,9 @@
 """pytest-xdist: one worker per GPU, and every worker's records merged on the controller.
 
-The controller hands each worker one GPU through ``workerinput`` and the worker pins itself with
-``CUDA_VISIBLE_DEVICES`` before anything touches CUDA. More workers than GPUs is refused unless
-``--decodeperf-share-gpu`` is given: two workers timing on one GPU disturb each other's numbers.
+The controller hands each worker one GPU through ``workerinput`` (``--decodeperf-tp=N``: N of them, one per
+tensor-parallel rank) and the worker pins itself with ``CUDA_VISIBLE_DEVICES`` before anything touches CUDA.
+More workers than GPUs is refused unless ``--decodeperf-share-gpu`` is given: two workers timing on one GPU
+disturb each other's numbers.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def assign_gpu(node: Any, share: bool, wants_cuda: bool) -> None:
-    """Controller side: give worker ``gwN`` the N-th visible GPU."""
+def assign_gpu(node: Any, share: bool, wants_cuda: bool, per_worker: int = 1) -> None:
+    """Controller side: give worker ``gwN`` the N-th visible GPU (the N-th ``per_worker`` of them)."""
     gpus = visible_gpus()
     if not wants_cuda or not gpus:
         return
     index = int(str(node.workerinput["workerid"]).removeprefix("gw"))
+    if per_worker > 1:  # tensor-parallel ranks: their own GPUs, never shared (tp/hooks.py checked they suffice)
+        node.workerinput[GPU_KEY] = ",".join(gpus[index * per_worker : (index + 1) * per_worker])
+        return
     if index >= len(gpus) and not share:
         raise pytest.UsageError(
             f"pytest-decodeperf: worker {node.workerinput['workerid']} has no GPU of its own ({len(gpus)} visible); "
@@ -59,7 +63,7 @@ def check_worker_gpu(config: pytest.Config) -> None:
     import torch
 
     seen = torch.cuda.device_count()
-    if seen != 1:
+    if seen != len(str(workerinput[GPU_KEY]).split(",")):
         raise pytest.UsageError(
             f"pytest-decodeperf: worker {workerinput.get('workerid')} was assigned GPU {workerinput[GPU_KEY]} but sees "
             f"{seen} GPUs: CUDA was initialised before the plugin could set CUDA_VISIBLE_DEVICES (a conftest importing "

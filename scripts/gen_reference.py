@@ -88,6 +88,7 @@ def marker_page() -> str:
         "prompt_lens": "integers >= 1 and `'mixed'`",
         "prompts": ", ".join(f"`{p}`" for p in PROMPTS) + " (one value)",
         "dtype": ", ".join(f"`{d}`" for d in DTYPES),
+        "tp": "integers >= 1: at most the devices, dividing the model's heads",
     }
     missing = sorted(set(SIGNATURE.parameters) - set(values))
     if missing:

@@ -205,3 +205,13 @@ def runtime_for(device: torch.device) -> DeviceRuntime:
     if device.type != "cuda":
         return HostRuntime()
     return _CUDA.setdefault(device, CudaRuntime(device))
+
+
+def cuda_device_count() -> int:
+    """GPUs this process sees (0 without CUDA): how many tensor-parallel ranks one node can hold."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def bind_cuda_device(index: int) -> None:
+    """Make GPU ``index`` this process's current device (a tensor-parallel rank's own GPU, ``LOCAL_RANK``)."""
+    torch.cuda.set_device(index)

@@ -25,7 +25,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -254,6 +254,20 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 RunOnce = Callable[[Clock], DecodeOutput]
+# Figures of this rank in, the same figures as the slowest rank saw them out (each the max over ranks); called
+# after a round, never inside it (distributed.RankGroup.slowest). None: one process.
+Combine = Callable[[Sequence[float]], list[float]]
+
+
+def slowest(rnd: Round, combine: Combine | None, *extra: float) -> tuple[Round, list[float]]:
+    """``rnd`` as the slowest rank timed it (total, prefill and every step each a max over ranks), and ``extra``
+    figures likewise: every rank then holds the same round, so every rank's next decision is the same."""
+    if combine is None:
+        return rnd, list(extra)
+    values = combine([rnd.total_s, -1.0 if rnd.prefill_s is None else rnd.prefill_s, *extra, *rnd.step_s])
+    n = 2 + len(extra)
+    pre = None if values[1] < 0 else values[1]
+    return replace(rnd, total_s=values[0], prefill_s=pre, step_s=values[n:]), values[2:n]
 
 
 @dataclass(frozen=True)
@@ -283,6 +297,7 @@ def measure(
     settled: Callable[[], int] | None = None,
     max_extra_warmup: int = 5,
     reference: Callable[[], RunOnce] | None = None,
+    combine: Combine | None = None,
 ) -> Measurement:
     """Run ``warmup`` rounds (their times kept apart), then timed ones as the budget says.
 
@@ -292,7 +307,9 @@ def measure(
     a recompile is never inside the timed rounds. ``reference``: makes the baseline's generation, warmed
     once and timed in a round of its own beside each of the variant's, first and second in turn
     (``Measurement.vs_reference``); dropped after the timed rounds, before the memory round, so its
-    cache never counts in the variant's memory.
+    cache never counts in the variant's memory. ``combine``: tensor-parallel ranks; each round, warmup
+    included, counts as its slowest rank's, and the budget's decisions are taken on those figures, so
+    every rank runs the same rounds (``slowest``).
     """
     budget = rounds if isinstance(rounds, Budget) else Budget(rounds)
     clock = Clock(device)
@@ -306,7 +323,9 @@ def measure(
     gc.collect(2 if cuda else 1)
     gc.disable()
     try:
-        return _measure(run_once, clock, cuda, device, budget, warmup, settled, max_extra_warmup, warm, reference)
+        return _measure(
+            run_once, clock, cuda, device, budget, warmup, settled, max_extra_warmup, warm, reference, combine
+        )
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -323,6 +342,7 @@ def _measure(
     max_extra_warmup: int,
     warm: list[float],
     make_reference: Callable[[], RunOnce] | None,
+    combine: Combine | None,
 ) -> Measurement:
     with torch.inference_mode():
         changed = False
@@ -331,34 +351,42 @@ def _measure(
                 break
             before = settled() if settled is not None else 0
             clock.start()
-            run_once(clock)
-            warm.append(clock.stop()[0])
-            changed = settled is not None and settled() != before
+            out = run_once(clock)
+            total, pre = clock.stop()
+            moved = float(settled is not None and settled() != before)
+            rnd, (moved,) = slowest(Round(total, pre, out), combine, moved)  # a graph compiled on any rank
+            warm.append(rnd.total_s)
+            changed = moved > 0
 
-        def timed_round(fn: RunOnce) -> Round:
+        def timed_round(fn: RunOnce) -> tuple[Round, float]:
+            """A round and the timed rounds' seconds so far, both as the slowest rank saw them."""
             clock.start()
             out = fn(clock)
             total, pre = clock.stop()
-            return Round(total, pre, out, step_s=clock.step_s())
+            rnd, (elapsed,) = slowest(
+                Round(total, pre, out, step_s=clock.step_s()), combine, time.perf_counter() - began
+            )
+            return rnd, elapsed
 
+        began = time.perf_counter()
         reference = make_reference() if make_reference is not None else None
         if reference is not None:
             timed_round(reference)  # warm (the baseline may not have run in this process yet)
         timed: list[Round] = []
         paired: list[Round] = []
-        began = math.nan  # when the minimum rounds are in: the budget is time past them
-        precision = math.inf
-        while budget.more(len(timed), 0.0 if began != began else time.perf_counter() - began, precision):
+        precision, elapsed = math.inf, 0.0  # elapsed: seconds since the minimum rounds were in
+        while budget.more(len(timed), elapsed, precision):
             if reference is not None and len(timed) % 2 == 1:  # R V, V R, R V, ...: drift inside a pair cancels
-                timed.append(timed_round(run_once))
-                paired.append(timed_round(reference))
+                rnd, elapsed = timed_round(run_once)
+                paired.append(timed_round(reference)[0])
             else:
                 if reference is not None:
-                    paired.append(timed_round(reference))
-                timed.append(timed_round(run_once))
+                    paired.append(timed_round(reference)[0])
+                rnd, elapsed = timed_round(run_once)
+            timed.append(rnd)
             precision = Measurement(timed, reference_rounds=paired).precision_pct
-            if len(timed) == budget.rounds:
-                began = time.perf_counter()
+            if len(timed) == budget.rounds:  # the same round on every rank: the budget's clock starts now
+                began, elapsed = time.perf_counter(), 0.0
         reference = None  # its cache must not count in the memory round
         memory: list[Round] = []
         if cuda:

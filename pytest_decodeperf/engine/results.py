@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..records import ResultRecord
+from .collectives import CollectiveReport
 from .loop import DecodeOutput
 from .measure import UNSTABLE_PCT, Measurement
 from .models import model_label
@@ -63,6 +64,16 @@ class Roofline:
         return out
 
 
+@dataclass(frozen=True)
+class TPInfo:
+    """The ranks a variant ran on (tensor parallel: ``tensor_parallel.py``)."""
+
+    tp: int  # ranks the model was sharded over
+    world_size: int  # processes in the launch (1: one process)
+    backend: str | None  # the group the model's collectives ran on, nccl or gloo (None: not sharded)
+    collectives: CollectiveReport | None = None  # per decode step, counted in the untimed sync-counting generation
+
+
 @dataclass
 class VariantResult:
     """A measured variant: its measurement, its tokens, and its parity verdict against baseline."""
@@ -76,6 +87,7 @@ class VariantResult:
     roofline: Roofline | None = None
     syncs: SyncReport | None = None  # blocking reads per decode step, counted in one untimed generation
     threads: int | None = None  # torch threads while measuring
+    tp: TPInfo | None = None  # None: one process, no ranks
 
     @property
     def output(self) -> DecodeOutput:
@@ -169,6 +181,12 @@ class VariantResult:
             generation_peak_bytes=m.generation_peak_bytes,
             canary_ms=None,
             canary_samples_ms=[],
+            tp=self.tp.tp if self.tp else v.tp,
+            world_size=self.tp.world_size if self.tp else 1,
+            backend=self.tp.backend if self.tp else None,
+            collectives_per_step=c.per_step if (c := self.tp.collectives if self.tp else None) else None,
+            collective_bytes_per_step=c.bytes_per_step if c else None,
+            collective_ops=dict(c.by_op) if c else {},
         )
 
 

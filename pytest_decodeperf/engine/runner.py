@@ -6,12 +6,13 @@ tokens per configuration so a variant's parity check never re-times anything.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -29,7 +30,7 @@ from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
 from .reference import ignored_cache_refusal, judged_report, loop_refusal
-from .results import Roofline, VariantResult
+from .results import Roofline, TPInfo, VariantResult
 from .roofline import MIB, measure_bandwidth
 from .routing import GenerationProbe, probe_generation
 from .stream_modes import get_stop_policy
@@ -38,6 +39,10 @@ from .syncs import report as sync_report
 from .variant_roofline import needs_probe, variant_roofline
 from .variants import Variant
 from .workload import Workload, check_not_degenerate, make_workload
+
+if TYPE_CHECKING:
+    from .collectives import CollectiveCounter
+    from .distributed import RankGroup
 
 
 @dataclass
@@ -98,8 +103,10 @@ class Runner:
         threads: int | None = None,
         max_time_s: float = 0.0,
         paired: bool = True,
+        ranks: RankGroup | None = None,
     ):
         self.device = torch.device(device)
+        self.ranks = ranks  # tensor-parallel ranks this process is one of (distributed.py); None: one process
         self.rounds = rounds
         # More timed rounds, up to this many seconds, while the median is not pinned (measure.Budget); a
         # stream mode's rounds alternate with its baseline's, so its speedup comes from pairs (``paired``).
@@ -112,7 +119,7 @@ class Runner:
         # torch's thread count changes CPU timings by tens of percent under load: pinned while
         # measuring when given, and recorded in every record either way.
         self.threads = threads
-        self._models: dict[tuple[str, str], PreTrainedModel] = {}
+        self._models: dict[tuple[str, str, int], PreTrainedModel] = {}
         # Per model object, never per id(): Python reuses the ids of freed objects, and a new model
         # must not inherit a freed one's prompts, stops or reference tokens.
         self._state: weakref.WeakKeyDictionary[PreTrainedModel, _ModelState] = weakref.WeakKeyDictionary()
@@ -167,10 +174,16 @@ class Runner:
 
         return probe_generation(model, run)
 
-    def model(self, name: str, dtype: str = "float32") -> PreTrainedModel:
-        key = (name, dtype)
+    def model(self, name: str, dtype: str = "float32", tp: int = 1) -> PreTrainedModel:
+        """Zoo model or checkpoint ``name``, built once; ``tp`` > 1: sharded over the ranks (every rank loads it)."""
+        key = (name, dtype, tp)
         if key not in self._models:
-            self._models[key] = build_model(name, self.device, dtype, seed=self.seed)
+            if tp > 1:
+                from .tensor_parallel import load_sharded
+
+                self._models[key] = load_sharded(name, dtype, tp, seed=self.seed)
+            else:
+                self._models[key] = build_model(name, self.device, dtype, seed=self.seed)
         return self._models[key]
 
     def _of(self, model: PreTrainedModel) -> _ModelState:
@@ -298,18 +311,25 @@ class Runner:
         return refs[key]
 
     def count_syncs(
-        self, model: PreTrainedModel, variant: Variant, workload: Workload, budget: int | None
+        self,
+        model: PreTrainedModel,
+        variant: Variant,
+        workload: Workload,
+        budget: int | None,
+        collectives: CollectiveCounter | None = None,
     ) -> SyncReport | None:
         """Blocking device reads per decode step of one untimed generation (None under torch.compile).
 
         Deterministic on every device: the reads are counted by op (``engine/syncs.py``), not timed.
         generate()'s steps are marked by a forward pre-hook; its stop check counts as hidden there.
+        ``collectives``: a sharded model's collectives are counted in the same generation (``collectives.py``).
         """
         if variant.compile:
             return None
         counter = SyncCounter(self.device)
+        watch = collectives.watching(model) if collectives is not None else contextlib.nullcontext()
         # not inference_mode: a dispatch mode sees no op inside it (torch 2.13)
-        with torch.no_grad(), no_padding_check(model):
+        with torch.no_grad(), no_padding_check(model), watch:
             if variant.is_hf:
                 calls = 0
 
@@ -374,7 +394,7 @@ class Runner:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            with no_padding_check(model if model is not None else self.model(variant.model, variant.dtype)):
+            with no_padding_check(model if model is not None else self.model(variant.model, variant.dtype, variant.tp)):
                 result = self._run(variant, model, parity, max_syncs_per_step)
             result.threads = torch.get_num_threads()
             return result
@@ -404,8 +424,11 @@ class Runner:
         self, variant: Variant, model: PreTrainedModel | None, parity: bool, max_syncs_per_step: int | None
     ) -> VariantResult:
         variant.validate(self.device)
-        model = model if model is not None else self.model(variant.model, variant.dtype)
+        model = model if model is not None else self.model(variant.model, variant.dtype, variant.tp)
         check_dtype(model, variant)
+        from .tensor_parallel import Sharded
+
+        sharded = Sharded(self.ranks, model, variant) if variant.tp > 1 else None
         refusal = loop_refusal(model)
         if refusal is not None and (not variant.is_hf or getattr(model.config, "is_encoder_decoder", False)):
             hint = "" if variant.is_hf else "; its generate() stream modes (hf-generate) may still run it"
@@ -430,7 +453,8 @@ class Runner:
         try:
             settled = (lambda: compile_counters()["unique_graphs"]) if variant.compile else None
             warmup = max(self.warmup, 1) if variant.compile else self.warmup
-            measurement = measure(once, self.device, self.budget, warmup, settled, reference=reference)
+            combine = sharded.ranks.slowest if sharded is not None else None  # each round: the slowest rank's
+            measurement = measure(once, self.device, self.budget, warmup, settled, reference=reference, combine=combine)
             if variant.compile:
                 after = compile_counters()
                 measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
@@ -461,14 +485,18 @@ class Runner:
             self.release()
             raise
         self._last_slot = self._last_watch = None  # they hold the model: a runner keeps no model alive past its run
-        syncs = self.count_syncs(model, variant, workload, max_syncs_per_step)
+        counter = sharded.counter if sharded is not None else None
+        syncs = self.count_syncs(model, variant, workload, max_syncs_per_step, counter)
         generated = measurement.last.generated.cpu()
+        tp = TPInfo(1, self.ranks.world_size, None) if self.ranks is not None else None
+        if sharded is not None:  # the worst rank's counts, every rank's tokens compared, the roofline per rank
+            syncs, roofline, tp = sharded.finish(syncs, roofline, generated)
         report: ParityReport | None = None
         if variant.stream == "baseline":
             self._of(model).baselines.setdefault(variant.config_key, generated)
         if parity:
             report = self.parity(model, variant, workload, generated)
-        return VariantResult(variant, self.device, workload, measurement, report, profile, roofline, syncs)
+        return VariantResult(variant, self.device, workload, measurement, report, profile, roofline, syncs, tp=tp)
 
     def parity(
         self, model: PreTrainedModel, variant: Variant, workload: Workload, generated: torch.Tensor

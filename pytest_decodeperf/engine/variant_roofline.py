@@ -75,7 +75,8 @@ def variant_roofline(
     notes = [n for n in (step.note if variant.cache == "none" else "", routing_note) if n]
     roof = Roofline(step, bandwidth, note="; ".join(notes))
     try:
-        expected = static_cache_bytes(model.config, model.dtype, variant.batch_size, max_len)
+        # a rank sharded over tp holds 1/tp of the K/V heads (tensor_parallel.shard_refusal: tp divides them)
+        expected = static_cache_bytes(model.config, model.dtype, variant.batch_size, max_len) // variant.tp
     except ValueError:
         return roof
     if kept is None:

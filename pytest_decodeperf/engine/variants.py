@@ -35,6 +35,7 @@ class Variant:
     dtype: str = "float32"
     prompt_len: int = DEFAULT_PROMPT_LEN  # the longest row's prompt tokens
     prompts: str = "random"  # random, mixed (left padded, lengths spread) or text (the corpus, tokenized)
+    tp: int = 1  # tensor-parallel ranks the model is sharded over (engine/tensor_parallel.py)
 
     @property
     def id(self) -> str:
@@ -46,6 +47,8 @@ class Variant:
             parts.append("compiled" if self.compile is True else f"compiled-{self.compile}")
         if self.dtype != "float32":
             parts.append(self.dtype)
+        if self.tp > 1:
+            parts.append(f"tp{self.tp}")
         return "-".join(parts)
 
     @property
@@ -61,6 +64,7 @@ class Variant:
             self.dtype,
             self.prompt_len,
             self.prompts,
+            self.tp,  # a sum over ranks rounds differently: tp=2's tokens are held to tp=2's baseline
         )
 
     def baseline(self) -> Variant:
@@ -82,6 +86,7 @@ class Variant:
         check_positive("batch size", self.batch_size)
         check_positive("new tokens", self.new_tokens)
         check_positive("prompt length", self.prompt_len)
+        check_positive("tp", self.tp)
         check_choice("prompts", self.prompts, PROMPTS)
         check_compile(self.compile)
         get_cache(self.cache)

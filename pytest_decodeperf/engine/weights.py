@@ -12,7 +12,9 @@ experts layer runs only the experts its router picked. So the weights are split 
   expert's slice per expert the router picked (``routing.py`` counts them). Without a routing count every
   expert is counted: an upper bound.
 
-Storage shared between parameters (tied or aliased weights) is counted once everywhere.
+Storage shared between parameters (tied or aliased weights) is counted once everywhere. A model sharded over
+tensor-parallel ranks holds DTensors: each counts as the shard this rank holds and reads (its local tensor's
+bytes, not the storage it may be a slice of).
 """
 
 from __future__ import annotations
@@ -78,7 +80,20 @@ class WeightLayout:
         return self.dense + self.gathered(tokens) + self.expert_bytes(active)
 
 
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter this process holds: a DTensor's local shard, else the parameter itself."""
+    to_local = getattr(param, "to_local", None)
+    return to_local() if callable(to_local) else param
+
+
+def _held(param: torch.Tensor) -> int:
+    """Bytes of ``param`` this process holds: its storage, or a DTensor's local shard (maybe a slice of one)."""
+    local = _local(param)
+    return int(local.nbytes) if local is not param else param.untyped_storage().nbytes()
+
+
 def _storage(param: torch.Tensor) -> tuple[str, int]:
+    param = _local(param)
     return str(param.device), param.untyped_storage().data_ptr() or id(param.untyped_storage())
 
 
@@ -112,7 +127,7 @@ def weight_layout(model: torch.nn.Module) -> WeightLayout:
         key = _storage(param)
         if key not in seen:
             seen.add(key)
-            resident += param.untyped_storage().nbytes()
+            resident += _held(param)
     routed: dict[tuple[str, int], int] = {}  # storage -> its group's index
     groups: list[ExpertGroup] = []
     for name, module, count in expert_modules(model):
@@ -120,7 +135,7 @@ def weight_layout(model: torch.nn.Module) -> WeightLayout:
         for param in module.parameters(recurse=False):
             if param.dim() >= 1 and param.shape[0] == count and _storage(param) not in routed:
                 routed[_storage(param)] = len(groups)
-                per_expert += param.untyped_storage().nbytes() // count
+                per_expert += _held(param) // count
         groups.append(ExpertGroup(name, count, per_expert))
     head = _output_storages(model)
     tables: list[EmbeddingTable] = []
@@ -133,7 +148,7 @@ def weight_layout(model: torch.nn.Module) -> WeightLayout:
         if key in head or key in gathered or key in routed:
             continue
         gathered.add(key)
-        rows = int(weight.shape[0])
-        tables.append(EmbeddingTable(name, rows, weight.untyped_storage().nbytes() // max(rows, 1)))
+        rows = int(_local(weight).shape[0])
+        tables.append(EmbeddingTable(name, rows, _held(weight) // max(rows, 1)))
     sparse = sum(g.num_experts * g.bytes_per_expert for g in groups) + sum(t.rows * t.row_bytes for t in tables)
     return WeightLayout(resident, resident - sparse, tuple(tables), tuple(groups))

@@ -33,10 +33,11 @@ OPTIONAL_PARAMS = (
     "dtype",
     "prompt_len",
     "prompts",
+    "tp",
 )  # params only where they take several values
 PARAM_ORDER = BASE_PARAMS + OPTIONAL_PARAMS
-# Params added later, and the value every earlier measurement had (4 random prompt tokens).
-LEGACY_CONSTANTS = {"prompt_len": repr(4), "prompts": repr("random")}
+# Params added later, and the value every earlier measurement had (4 random prompt tokens, one process).
+LEGACY_CONSTANTS = {"prompt_len": repr(4), "prompts": repr("random"), "tp": repr(1)}
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ def _param_values(rec: ResultRecord) -> dict[str, str]:
         rec["dtype"],
         rec.get("prompt_len", 4),  # records from before the prompt axis: LEGACY_CONSTANTS
         rec.get("prompts", "random"),
+        rec.get("tp", 1),  # records from before tensor parallel: one process
     )
     return {name: repr(value) for name, value in zip(PARAM_ORDER, values, strict=True)}
 
