@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .benchmark_support import benchmark_fed, feed_pytest_benchmark
 from .errors import DecodePerfError
 from .marker import MARKER_DOC, parse_marker, variant_id
 from .options import Settings, add_options, load_settings, source_of
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from .ab.session import ABSession
     from .engine.results import VariantResult
     from .engine.variants import Variant
-    from .records import ResultRecord
 
 SESSION_KEY = pytest.StashKey[DecodePerfSession]()
 MODEL_KEY = pytest.StashKey[Any]()
@@ -207,13 +207,8 @@ def _narrowed_out(variant: Variant, settings: Settings) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's, which skips items not using its fixture
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     settings = _session(config).settings
-    bs = getattr(config, "_benchmarksession", None)
     reporter = _session(config).reporter  # a rank other than a launch's rank 0 feeds nothing
-    feeds_benchmark = settings.enabled and bs is not None and not bs.disabled and _ab(config) is None and reporter
-    if feeds_benchmark and bs is not None and not settings.benchmark_table and not bs.histogram:
-        # Its table repeats ours in other units: its own --benchmark-quiet, which keeps its saving and
-        # its --benchmark-compare-fail check (display() runs check_regressions either way).
-        bs.quiet = True
+    feeds_benchmark = benchmark_fed(config, settings.benchmark_table) and _ab(config) is None and bool(reporter)
     _check_model_names(config, settings, items)
     keep: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
@@ -336,22 +331,8 @@ def _run_item(item: pytest.Item) -> ItemOutcome | None:
     if outcome.result is not None:
         if "decode_result" in funcargs:
             funcargs["decode_result"] = outcome.result
-        _feed_pytest_benchmark(item, session.records[-1])
+        feed_pytest_benchmark(item, session.records[-1])
     return outcome
-
-
-def _feed_pytest_benchmark(item: pytest.Item, record: ResultRecord) -> None:
-    """Hand the rounds already measured to pytest-benchmark (no second run), when it is on."""
-    bs = getattr(item.config, "_benchmarksession", None)
-    bench = getattr(item, "funcargs", {}).get("benchmark")
-    if bs is None or bs.disabled or bs.skip or bench is None:
-        return
-    bench._mode = "pytest-decodeperf"  # the fixture allows one use; this is it
-    bench.group = f"{record['model']}-{record['cache']}-b{record['batch_size']}-n{record['new_tokens']}"
-    stats = bench._make_stats(1)
-    for seconds in record["samples_s"]:
-        stats.update(seconds)
-    bench.extra_info.update({k: val for k, val in record.items() if not k.startswith("samples")})
 
 
 # --- outcome, reports -------------------------------------------------------------------------

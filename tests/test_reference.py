@@ -194,8 +194,8 @@ def test_a_model_in_another_dtype_than_its_variant_is_refused(runner: Runner) ->
 def test_the_dtype_check_goes_by_most_weights_and_guards_the_ab_too() -> None:
     """A few float32 weights (transformers' _keep_in_fp32_modules) do not make a bfloat16 model float32;
     the A/B's rounds (engine/paired.py) refuse a mismatch as Runner.run does."""
+    from pytest_decodeperf.engine.checks import weights_dtype
     from pytest_decodeperf.engine.paired import PairedRounds
-    from pytest_decodeperf.engine.runner import weights_dtype
 
     model = gpt2().to(torch.bfloat16)
     model.transformer.ln_f.float()  # kept in float32, as some checkpoints keep their norms

@@ -6,10 +6,8 @@ tokens per configuration so a variant's parity check never re-times anything.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import weakref
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -17,15 +15,16 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from transformers import PreTrainedModel
 
-from ..errors import DecodePerfError
 from .caches import CacheSlot, cache_keyword, get_cache
+from .checks import check_compiled, check_drivable, check_dtype
+from .counting import count_syncs
 from .device_runtime import runtime_for
 from .hf_generate import hf_generate
 from .hidden_syncs import accepts_causal_mask, no_padding_check
 from .kv_memory import AllocationWatch
 from .loop import DecodeOutput, generate
 from .measure import Budget, Clock, Measurement, measure
-from .models import DTYPES, build_model, load_tokenizer
+from .models import build_model, load_tokenizer
 from .nvtx import NULL_TRACER, Tracer
 from .parity import ParityReport, check_parity
 from .profiling import ProfileStats, compile_counters, profile_generation
@@ -35,7 +34,6 @@ from .roofline import MIB, measure_bandwidth
 from .routing import GenerationProbe, probe_generation
 from .stream_modes import get_stop_policy
 from .syncs import SyncCounter, SyncReport
-from .syncs import report as sync_report
 from .variant_roofline import needs_probe, variant_roofline
 from .variants import Variant
 from .workload import Workload, check_not_degenerate, make_workload
@@ -63,26 +61,6 @@ class _ModelState:
         if self.takes_causal_mask is None:
             self.takes_causal_mask = accepts_causal_mask(getattr(model, "_orig_mod", model))
         return self.takes_causal_mask
-
-
-def weights_dtype(model: torch.nn.Module) -> str:
-    """The dtype most of the model's floating weights are in (a few kept in float32 do not count)."""
-    counts: Counter[torch.dtype] = Counter()
-    for param in model.parameters():
-        if param.is_floating_point():
-            counts[param.dtype] += param.numel()
-    return str(counts.most_common(1)[0][0]).removeprefix("torch.") if counts else "float32"
-
-
-def check_dtype(model: torch.nn.Module, variant: Variant) -> None:
-    """A model in another dtype than its variant's would file its numbers under the wrong one: refused."""
-    actual = weights_dtype(model)
-    if actual != variant.dtype:
-        hint = f" (or set dtype={actual!r})" if actual in DTYPES else ""
-        raise DecodePerfError(
-            f"{variant.id}: the model's weights are {actual}, but the variant says {variant.dtype}: its numbers "
-            f"would be filed under the wrong dtype; build the model in decode_variant.dtype{hint}"
-        )
 
 
 def _workload_key(variant: Variant) -> tuple[Any, ...]:
@@ -318,38 +296,12 @@ class Runner:
         budget: int | None,
         collectives: CollectiveCounter | None = None,
     ) -> SyncReport | None:
-        """Blocking device reads per decode step of one untimed generation (None under torch.compile).
+        """Blocking device reads per decode step of one untimed generation (``counting.py``)."""
 
-        Deterministic on every device: the reads are counted by op (``engine/syncs.py``), not timed.
-        generate()'s steps are marked by a forward pre-hook; its stop check counts as hidden there.
-        ``collectives``: a sharded model's collectives are counted in the same generation (``collectives.py``).
-        """
-        if variant.compile:
-            return None
-        counter = SyncCounter(self.device)
-        watch = collectives.watching(model) if collectives is not None else contextlib.nullcontext()
-        # not inference_mode: a dispatch mode sees no op inside it (torch 2.13)
-        with torch.no_grad(), no_padding_check(model), watch:
-            if variant.is_hf:
-                calls = 0
+        def loop(counter: SyncCounter) -> None:
+            self._loop(model, variant, workload, syncs=counter)
 
-                def mark(_module: torch.nn.Module, _args: Any) -> None:
-                    nonlocal calls
-                    counter.step(calls)
-                    calls += 1
-
-                handle = model.register_forward_pre_hook(mark)
-                try:
-                    with counter:
-                        hf_generate(model, workload, variant.cache, variant.stream == "hf-deferred")
-                finally:
-                    handle.remove()
-            else:
-                with counter:
-                    self._loop(model, variant, workload, syncs=counter)
-        if budget is None and not variant.is_hf:
-            budget = 0  # the decode loop's own modes: no read outside the stop policy's declared one
-        return sync_report(counter, budget)
+        return count_syncs(self.device, model, variant, workload, budget, loop, collectives)
 
     def _capture_window(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> None:
         """One dedicated, untimed generation with the nsys capture window open over its chosen steps."""
@@ -413,12 +365,14 @@ class Runner:
             return False
         if loop_refusal(model) is not None:
             return False
-        if variant.cache == "none":
-            return True
+        return variant.cache == "none" or self._cache_refusal(model) is None
+
+    def _cache_refusal(self, model: PreTrainedModel) -> str | None:
+        """Why ``model`` ignores a cache it is given (probed once per model object), or None."""
         state = self._of(model)
         if state.cache_refusal is None:
             state.cache_refusal = (ignored_cache_refusal(model),)
-        return state.cache_refusal[0] is None
+        return state.cache_refusal[0]
 
     def _run(
         self, variant: Variant, model: PreTrainedModel | None, parity: bool, max_syncs_per_step: int | None
@@ -429,16 +383,7 @@ class Runner:
         from .tensor_parallel import Sharded
 
         sharded = Sharded(self.ranks, model, variant) if variant.tp > 1 else None
-        refusal = loop_refusal(model)
-        if refusal is not None and (not variant.is_hf or getattr(model.config, "is_encoder_decoder", False)):
-            hint = "" if variant.is_hf else "; its generate() stream modes (hf-generate) may still run it"
-            raise DecodePerfError(f"{variant.id}: {refusal}{hint}")
-        state = self._of(model)
-        if variant.cache != "none" and not variant.is_hf:
-            if state.cache_refusal is None:
-                state.cache_refusal = (ignored_cache_refusal(model),)
-            if state.cache_refusal[0] is not None:
-                raise DecodePerfError(f"{variant.id}: {state.cache_refusal[0]}; cache=none still runs it")
+        check_drivable(model, variant, lambda: self._cache_refusal(model))
         workload = self.workload(model, variant)
         once = self.run_once_fn(model, variant, workload)
         reference = None
@@ -458,23 +403,14 @@ class Runner:
             if variant.compile:
                 after = compile_counters()
                 measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
-                since = self._of(model).graphs_before.get(variant.compile)
                 if measurement.compile_stats.get("recompile_limit_hits", 0) > 0:
                     # Dynamo keeps the frame eager for good once the limit is hit: the wrapper is dropped and
                     # dynamo reset, so the next variant compiles afresh instead of inheriting an eager frame.
                     self._of(model).compiled.pop(variant.compile, None)
                     torch._dynamo.reset()
-                    raise DecodePerfError(
-                        f"{variant.id}: torch.compile hit dynamo's recompile limit while measuring: from there on the "
-                        "frame ran eager, so this would be a partly eager figure under a compiled label (raise "
-                        "torch._dynamo.config.recompile_limit, or see why it recompiles with TORCH_LOGS=recompiles)"
-                    )
-                if not variant.is_hf and since is not None and after.get("unique_graphs", 0) - since <= 0:
-                    raise DecodePerfError(
-                        f"{variant.id}: torch.compile produced no graph at all: the model ran eager, so this "
-                        "would be an eager figure under a compiled label (dynamo's recompile limit, or a graph break "
-                        "on every frame: run with TORCH_LOGS=recompiles,graph_breaks)"
-                    )
+                check_compiled(
+                    variant, measurement.compile_stats, after, self._of(model).graphs_before.get(variant.compile)
+                )
             if self.profile_gpu:
                 with torch.inference_mode():
                     profile = profile_generation(lambda: once(Clock(self.device)), self.device)

@@ -32,13 +32,13 @@ def _feed_benchmark(item: pytest.Item, record: ResultRecord) -> None:
         return
     from pytest_benchmark.fixture import BenchmarkFixture
 
-    from ..plugin import _feed_pytest_benchmark
+    from ..benchmark_support import feed_pytest_benchmark
 
     add, warn = bs.benchmarks.append, item.warn
     item.funcargs["benchmark"] = BenchmarkFixture(  # type: ignore[no-untyped-call]
         item, add_stats=add, logger=bs.logger, warner=warn, disabled=bs.disabled, **bs.options
     )
-    _feed_pytest_benchmark(item, record)
+    feed_pytest_benchmark(item, record)
 
 
 class TensorParallelPlugin:
