@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-time",
         type=float,
-        default=1.0,
+        default=2.0,
         help="seconds of more rounds per variant once --rounds are in, while the median is not pinned within +-2%%",
     )
     run.add_argument("--warmup", type=int, default=1)

@@ -287,9 +287,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "max-time",
         "seconds of more timed rounds per variant once --decodeperf-rounds are in, spent only while the "
-        "median's 95% interval is wider than +-2% (default 1; 0: exactly --decodeperf-rounds)",
+        "median's 95% interval is wider than +-2% (default 2; 0: exactly --decodeperf-rounds)",
         _seconds,
-        1.0,
+        2.0,
         metavar="S",
     ),
     OptionSpec("warmup", "warmup rounds per variant, timed apart (default 1)", _int("warmup", 0), 1, metavar="N"),
