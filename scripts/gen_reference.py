@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import io
+import json
 import os
 import sys
 import tokenize
@@ -67,6 +68,16 @@ def options_page() -> str:
     )
 
 
+def _py(value: object) -> str:
+    """`repr` with double-quoted strings, as ruff formats a literal."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, tuple):
+        inner = ", ".join(_py(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
+
+
 def marker_page() -> str:
     from pytest_decodeperf.engine.caches import CACHES
     from pytest_decodeperf.engine.models import DTYPES, MODELS
@@ -95,7 +106,8 @@ def marker_page() -> str:
         raise SystemExit(f"gen_reference.py: no values listed for marker keyword(s) {', '.join(missing)}")
     params = SIGNATURE.parameters.items()
     rows = [[f"`{name}`", f"`{param.default!r}`", values[name], KEYWORDS[name]] for name, param in params]
-    signature = ", ".join(f"{name}={param.default!r}" for name, param in SIGNATURE.parameters.items())
+    # One keyword per line, double quotes: the block reads as `ruff format` writes it (CI checks the docs' code too).
+    signature = "".join(f"\n    {name}={_py(param.default)}," for name, param in SIGNATURE.parameters.items()) + "\n"
     models = [[f"`{spec.name}`", spec.description] for spec in MODELS.values()]
     caches = [[f"`{c.name}`", c.description] for c in CACHES.values()]
     streams = [[f"`{p.name}`", p.description] for p in STOP_POLICIES.values()]
