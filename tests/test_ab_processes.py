@@ -191,3 +191,23 @@ def test_a_noisy_metric_with_no_material_change_is_not_waited_for() -> None:
     assert item.gates[PRIMARY].verdict().decision is Decision.SAME
     assert item.settled and not item.failed  # the noisy prefill is not waited for...
     assert item.verdicts["prefill_ms"].message().startswith("not judged")  # ...and says so
+
+
+def test_an_item_a_side_could_not_measure_fails_and_says_so() -> None:
+    """An error on a side (it raised there, its worker died) is a failure, not a quiet "no verdict"."""
+    from pytest_decodeperf.ab.controller import ItemVerdict
+
+    item = ItemVerdict("t.py::test[x]", "test[x]", error="side A: worker exited with code -9")
+    assert item.failed and item.settled
+    assert item.line() == "test[x]: error (fails): side A: worker exited with code -9"
+
+
+def test_a_round_with_an_infinite_time_is_left_out_of_the_gate_not_a_crash() -> None:
+    from pytest_decodeperf.ab.controller import ABRun, ItemVerdict
+
+    item = ItemVerdict("t.py::test[x]", "test[x]")
+    run = ABRun.__new__(ABRun)  # only _add's own state: the threshold and the process budget
+    run.threshold, run.processes = 0.05, 10
+    rows = {"A": [{"ms_per_token": 1.0, "prefill_ms": math.inf}], "B": [{"ms_per_token": 1.0, "prefill_ms": 2.0}]}
+    run._add(item, rows)
+    assert set(item.gates) == {"ms_per_token"}

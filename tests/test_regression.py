@@ -102,8 +102,26 @@ def test_a_drift_during_one_run_widens_what_the_machine_can_explain(repo: Repo) 
 def test_a_machine_that_got_faster_could_hide_a_slowdown_so_an_unchanged_metric_is_no_verdict(repo: Repo) -> None:
     cmp = drifted(repo, 2.0, 2.0, [10.0, 10.0], [8.0, 8.0])
     decode = row(cmp)
-    assert decode.mark == "?" and "could hide a change beyond the gate (x1.00-x1.25)" in decode.note
+    assert decode.mark == "?" and "could hide a slowdown beyond the gate (x1.00-x1.25)" in decode.note
     assert not cmp.failed
+    assert "the machine's own speed moved x0.80" in render_table(cmp)
+
+
+def test_a_machine_that_got_slower_can_hide_only_an_improvement_so_an_unchanged_metric_is_not_worse(
+    repo: Repo,
+) -> None:
+    cmp = drifted(repo, 2.0, 2.0, [10.0, 10.0], [12.5, 12.5])
+    decode = row(cmp)
+    assert decode.mark in " ~" and "not worse" in decode.note
+    assert "could hide an improvement (x0.80-x1.00)" in decode.note
+    assert not cmp.failed and "No verdict:" not in render_table(cmp)
+
+
+def test_a_canary_move_as_large_as_the_slowdown_less_the_gate_leaves_no_verdict(repo: Repo) -> None:
+    """Where the boundary is: 2.8x fails against a canary that moved x2.6 and is no verdict at x2.7 (>= 2.8 / 1.05)."""
+    assert row(drifted(repo, 2.0, 5.6, [10.0, 10.0], [26.0, 26.0])).mark == "+"
+    cmp = drifted(repo, 2.0, 5.6, [10.0, 10.0], [27.0, 27.0])
+    assert row(cmp).mark == "?" and not cmp.failed and "which could explain x2.80" in row(cmp).note
 
 
 def test_a_rise_in_an_exact_count_fails_even_on_a_drifted_machine(repo: Repo) -> None:
@@ -158,7 +176,9 @@ def test_a_noisy_difference_is_marked_and_never_fails(repo: Repo) -> None:
     cmp = compare(repo, 1, [make_record(ms=2.3, noise=0.25, rounds=3, seed=6)])
     decode = row(cmp)
     assert decode.mark == "~" and not cmp.failed
-    assert "~" + f"{decode.ratio:.2f}" in render_table(cmp)
+    table = render_table(cmp)
+    assert "~" + f"{decode.ratio:.2f}" in table
+    assert "Not significant:" in table and "3 not significant, 0 unchanged" in table  # not "unchanged"
 
 
 def test_more_peak_memory_is_a_regression_without_samples(repo: Repo) -> None:

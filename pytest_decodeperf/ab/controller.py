@@ -8,8 +8,9 @@ several). In each pair both workers set up every item still undecided, warm it, 
 asked, one at a time, strictly alternating (each round then follows the other process's, so both
 start equally cold), the side that starts and goes first alternating from pair to pair. After each
 process pair the gate (``clustered.py``) looks at every item, the process pair being its unit; an
-item stops once each metric is decided, or one is worse. Only a significant slowdown beyond the gate
-fails an item; UNKNOWN says why and passes; the sync count compares exactly.
+item stops once each metric is decided, or one is worse. A significant slowdown beyond the gate fails
+an item, and so does an item that could not be measured on a side (an error there, a worker that
+died: the line says which); UNKNOWN says why and passes; the sync count compares exactly.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class ItemVerdict:
 
     def line(self) -> str:
         if self.error is not None:
-            return f"{self.label}: no verdict: {self.error}"
+            return f"{self.label}: error (fails): {self.error}"
         parts = [f"{METRIC_NAMES.get(k, k)} {v.message()}" for k, v in self.verdicts.items()]
         a, b = self.syncs
         if a is not None and b is not None:
@@ -284,7 +285,7 @@ class ABRun:
         for name in names:
             a = [ra[name] for ra, _ in pairs]
             b = [rb[name] for _, rb in pairs]
-            if not all(v == v and v > 0 for v in (*a, *b)):
+            if not all(math.isfinite(v) and v > 0 for v in (*a, *b)):
                 continue
             gate = item.gates.setdefault(name, ClusteredAB(self.threshold, max_processes=self.processes))
             if not gate.done:

@@ -11,8 +11,11 @@ Two runs are two machine states. Every run times a fixed matmul loop (the drift 
 factor the canary bounds (``Drift``). Each timed metric is judged against that move: a slowdown fails
 only if it is beyond the gate even when the canary's whole move (and nothing at all, the other
 extreme) is put down to the machine; one the move could explain is "no verdict" for that metric
-alone (``?``), and so is an unchanged metric whose real change the move could hide. Exact counts
-(syncs/step) fail on any rise, whatever the canary did.
+alone (``?``), and so is an unchanged metric in which the move could hide a slowdown beyond the gate
+(the machine got faster); where it could hide only an improvement (the machine got slower), the metric
+is not worse and keeps its mark, with a note. A slowdown fails unless the canary's own move reaches it
+less the gate (2.8x: a canary move of x2.67 at 5%). Exact counts (syncs/step) fail on any rise,
+whatever the canary did.
 """
 
 from __future__ import annotations
@@ -135,8 +138,11 @@ class Drift:
             return "?", f"no verdict: {move}, which could explain x{ratio:.2f}"
         if mark == "-" and high >= 1.0 / factor:
             return "?", f"no verdict: {move}, which could explain x{ratio:.2f}"
-        if mark in " ~" and self.moved(factor) and (high > factor or low < 1.0 / factor):
-            return "?", f"no verdict: {move}, which could hide a change beyond the gate (x{low:.2f}-x{high:.2f})"
+        if mark in " ~" and self.moved(factor) and high > factor:
+            return "?", f"no verdict: {move}, which could hide a slowdown beyond the gate (x{low:.2f}-x{high:.2f})"
+        if mark in " ~" and self.moved(factor) and low < 1.0 / factor:
+            # The machine got slower: only an improvement can hide in this metric, never a regression.
+            return mark, f"not worse; {move}, which could hide an improvement (x{low:.2f}-x{high:.2f})"
         return mark, ""
 
     def describe(self) -> str:
@@ -342,7 +348,12 @@ def render_table(cmp: Comparison) -> str:
         f"{head} ({cmp.env}): {now} against {cmp.ref[:8]}; a regression is worse by more than "
         f"{cmp.fail_pct:g}% and significant (asv compare's statistics); '~': not significant",
         *cmp.warnings,
-        *([cmp.drift.describe()] if cmp.drift is not None and cmp.drift.moved(1 + cmp.fail_pct / 100) else []),
+        *(
+            [cmp.drift.describe()]
+            if cmp.drift is not None
+            and (cmp.drift.moved(1 + cmp.fail_pct / 100) or any(r.mark == "?" for r in cmp.rows))
+            else []
+        ),
         *(
             ["no drift canary in one of the two runs (an older history): judged by asv's statistics alone"]
             if cmp.drift is None and cmp.rows
@@ -353,7 +364,8 @@ def render_table(cmp: Comparison) -> str:
         ("Worsened:", [r for r in cmp.rows if r.mark == "+"]),
         ("Improved:", [r for r in cmp.rows if r.mark == "-"]),
         ("No verdict:", [r for r in cmp.rows if r.mark == "?"]),
-        ("Unchanged:", [r for r in cmp.rows if r.mark in "~ " and r.ratio is not None]),
+        ("Not significant:", [r for r in cmp.rows if r.mark == "~" and r.ratio is not None]),
+        ("Unchanged:", [r for r in cmp.rows if r.mark == " " and r.ratio is not None]),
         ("Not compared:", [r for r in cmp.rows if r.ratio is None]),
     )
     header = ("Change", f"Before [{cmp.ref[:8]}]", f"After [{now}]", "Ratio", "Benchmark (Parameter)")
@@ -383,6 +395,7 @@ def render_table(cmp: Comparison) -> str:
             ).rstrip()
             for row in table
         ]
-    counts = {title: len(rows) for title, rows in sections if rows or title != "No verdict:"}
+    optional = ("No verdict:", "Not significant:")  # counted only where there are some
+    counts = {title: len(rows) for title, rows in sections if rows or title not in optional}
     lines += ["", ", ".join(f"{n} {t.rstrip(':').lower()}" for t, n in counts.items())]
     return "\n".join(lines)
