@@ -102,19 +102,18 @@ def test_a_drift_during_one_run_widens_what_the_machine_can_explain(repo: Repo) 
 def test_a_machine_that_got_faster_could_hide_a_slowdown_so_an_unchanged_metric_is_no_verdict(repo: Repo) -> None:
     cmp = drifted(repo, 2.0, 2.0, [10.0, 10.0], [8.0, 8.0])
     decode = row(cmp)
-    assert decode.mark == "?" and "could hide a slowdown beyond the gate (x1.00-x1.25)" in decode.note
+    assert decode.mark == "?" and "could hide a change beyond the gate (x1.00-x1.25)" in decode.note
     assert not cmp.failed
     assert "the machine's own speed moved x0.80" in render_table(cmp)
 
 
-def test_a_machine_that_got_slower_can_hide_only_an_improvement_so_an_unchanged_metric_is_not_worse(
-    repo: Repo,
-) -> None:
+def test_a_machine_that_got_slower_leaves_an_unchanged_metric_no_verdict_too(repo: Repo) -> None:
+    """By the canary's bound only an improvement could hide here, but a decode step does not follow a matmul
+    loop that closely: measured on the 2-core VM, trusting it called a +10% slowdown unchanged."""
     cmp = drifted(repo, 2.0, 2.0, [10.0, 10.0], [12.5, 12.5])
     decode = row(cmp)
-    assert decode.mark in " ~" and "not worse" in decode.note
-    assert "could hide an improvement (x0.80-x1.00)" in decode.note
-    assert not cmp.failed and "No verdict:" not in render_table(cmp)
+    assert decode.mark == "?" and "could hide a change beyond the gate (x0.80-x1.00)" in decode.note
+    assert not cmp.failed and "No verdict:" in render_table(cmp)
 
 
 def test_a_canary_move_as_large_as_the_slowdown_less_the_gate_leaves_no_verdict(repo: Repo) -> None:

@@ -11,11 +11,9 @@ Two runs are two machine states. Every run times a fixed matmul loop (the drift 
 factor the canary bounds (``Drift``). Each timed metric is judged against that move: a slowdown fails
 only if it is beyond the gate even when the canary's whole move (and nothing at all, the other
 extreme) is put down to the machine; one the move could explain is "no verdict" for that metric
-alone (``?``), and so is an unchanged metric in which the move could hide a slowdown beyond the gate
-(the machine got faster); where it could hide only an improvement (the machine got slower), the metric
-is not worse and keeps its mark, with a note. A slowdown fails unless the canary's own move reaches it
-less the gate (2.8x: a canary move of x2.67 at 5%). Exact counts (syncs/step) fail on any rise,
-whatever the canary did.
+alone (``?``), and so is an unchanged metric whose real change the move could hide. A slowdown fails
+unless the canary's own move reaches it less the gate (2.8x: a canary move of x2.67 at 5%). Exact
+counts (syncs/step) fail on any rise, whatever the canary did.
 """
 
 from __future__ import annotations
@@ -138,11 +136,11 @@ class Drift:
             return "?", f"no verdict: {move}, which could explain x{ratio:.2f}"
         if mark == "-" and high >= 1.0 / factor:
             return "?", f"no verdict: {move}, which could explain x{ratio:.2f}"
-        if mark in " ~" and self.moved(factor) and high > factor:
-            return "?", f"no verdict: {move}, which could hide a slowdown beyond the gate (x{low:.2f}-x{high:.2f})"
-        if mark in " ~" and self.moved(factor) and low < 1.0 / factor:
-            # The machine got slower: only an improvement can hide in this metric, never a regression.
-            return mark, f"not worse; {move}, which could hide an improvement (x{low:.2f}-x{high:.2f})"
+        # Both ways, though a machine that got slower could, by the canary's bound, hide only an improvement:
+        # a decode step does not follow a matmul loop closely enough to lean on that (measured: an asymmetric
+        # rule called a +10% slowdown unchanged in 1 of 20 marks on the 2-core VM, docs/explanation/validity.md).
+        if mark in " ~" and self.moved(factor) and (high > factor or low < 1.0 / factor):
+            return "?", f"no verdict: {move}, which could hide a change beyond the gate (x{low:.2f}-x{high:.2f})"
         return mark, ""
 
     def describe(self) -> str:
