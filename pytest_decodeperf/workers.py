@@ -19,9 +19,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DecodePerfError
+
+if TYPE_CHECKING:
+    import pytest
+
+    from .options import Settings
 
 REPLY_TIMEOUT_S = 1800.0  # a warmup with torch.compile on a big model can take minutes
 
@@ -153,3 +158,51 @@ def child_env(drop_prefixes: tuple[str, ...] = (), extra: Mapping[str, str] | No
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
     return env
+
+
+FORWARDED = ("-p", "-o", "--override-ini", "--import-mode")
+
+
+def forwarded(args: tuple[str, ...] | list[str]) -> list[str]:
+    """The options of the controller's command line that change how a tree is collected and imported."""
+    out: list[str] = []
+    it = iter(args)
+    for arg in it:
+        name, eq, _ = arg.partition("=")
+        if name in FORWARDED and eq:
+            option = [arg]
+        elif arg in FORWARDED:
+            option = [arg, next(it, "")]
+        elif arg.startswith("-p") and len(arg) > 2:
+            option = [arg]
+        else:
+            continue
+        value = option[-1]
+        for prefix in ("--override-ini", "-o"):
+            value = value.removeprefix(prefix)
+        if not value.lstrip("=").startswith("decodeperf_ab"):  # a worker never starts an A/B of its own
+            out += option
+    return out
+
+
+def pytest_args(config: pytest.Config, settings: Settings, device: str) -> list[str]:
+    """A worker's pytest command line, an A/B side's or a rank's alike: it expands the same variants as this
+    session (the options that change them forwarded), in one process, and writes nothing; callers add theirs."""
+    s = settings
+    args = ["-p", "no:cacheprovider", "-q", "--decodeperf"]
+    args += [f"--decodeperf-device={device}", f"--decodeperf-warmup={s.warmup}"]
+    if s.threads is not None:
+        args.append(f"--decodeperf-threads={s.threads}")
+    if s.new_tokens is not None:
+        args.append(f"--decodeperf-new-tokens={s.new_tokens}")
+    if s.prompt_lens is not None:
+        args.append("--decodeperf-prompt-lens=" + ",".join(str(n) for n in s.prompt_lens))
+    if s.dtype is not None:
+        args.append(f"--decodeperf-dtype={s.dtype}")
+    if s.model_path is not None:  # workers may run in other trees: the path must not be relative
+        args.append(f"--decodeperf-model-path={os.path.abspath(s.model_path)}")
+    if config.pluginmanager.hasplugin("xdist"):
+        args += ["-p", "no:xdist"]  # one process per side or rank, never several
+    if config.pluginmanager.hasplugin("benchmark"):
+        args.append("--benchmark-disable")
+    return [*args, *forwarded(config.invocation_params.args)]

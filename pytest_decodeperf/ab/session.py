@@ -16,6 +16,7 @@ import pytest
 from ..errors import DecodePerfError
 from ..options import Settings
 from ..records import ABRecord
+from ..workers import pytest_args
 from .checkout import Sides, check_files_at_ref, check_options_at_ref, resolve_sides, worktree
 from .controller import ABRun, ItemVerdict
 
@@ -37,27 +38,9 @@ class ABSession:
 
     def _worker_args(self, config: pytest.Config, files: list[str]) -> list[str]:
         """Both sides collect the same files (not node ids: one REF lacks would stop pytest there)."""
-        s = self.settings
-        args = ["-p", "no:cacheprovider", "-q", "--continue-on-collection-errors", "--decodeperf"]
+        args = ["--continue-on-collection-errors"]
         args += ["-o", "decodeperf_ab="]  # a worker never starts an A/B of its own (the ini may ask for one)
-        args += _forwarded(config.invocation_params.args)
-        args += [f"--decodeperf-device={self.device}", f"--decodeperf-warmup={s.warmup}"]
-        if s.threads is not None:
-            args.append(f"--decodeperf-threads={s.threads}")
-        if s.new_tokens is not None:
-            args.append(f"--decodeperf-new-tokens={s.new_tokens}")
-        # options that change the variants themselves: both sides must expand the same matrix
-        if s.prompt_lens is not None:
-            args.append("--decodeperf-prompt-lens=" + ",".join(str(n) for n in s.prompt_lens))
-        if s.dtype is not None:
-            args.append(f"--decodeperf-dtype={s.dtype}")
-        if s.model_path is not None:  # workers run in other trees: the path must not be relative
-            args.append(f"--decodeperf-model-path={os.path.abspath(s.model_path)}")
-        if config.pluginmanager.hasplugin("xdist"):
-            args += ["-p", "no:xdist"]  # one process per side, never several at once
-        if config.pluginmanager.hasplugin("benchmark"):
-            args.append("--benchmark-disable")
-        return [*args, *files]
+        return [*pytest_args(config, self.settings, self.device), *args, *files]
 
     def start(self, config: pytest.Config, items: list[pytest.Item], marked: list[str]) -> None:
         """Worktree of REF, both workers, the shared order; items REF lacks are skipped with a reason."""
@@ -113,25 +96,3 @@ class ABSession:
 
     def close(self) -> None:
         self._stack.close()
-
-
-FORWARDED = ("-p", "-o", "--override-ini", "--import-mode")
-
-
-def _forwarded(args: tuple[str, ...] | list[str]) -> list[str]:
-    """The options of the controller's command line that change how a tree is collected and imported."""
-    out: list[str] = []
-    it = iter(args)
-    for arg in it:
-        name, eq, _ = arg.partition("=")
-        if name in FORWARDED and eq:
-            option = [arg]
-        elif arg in FORWARDED:
-            option = [arg, next(it, "")]
-        elif arg.startswith("-p") and len(arg) > 2:
-            option = [arg]
-        else:
-            continue
-        if not option[-1].removeprefix("-o").lstrip("=").startswith("decodeperf_ab"):
-            out += option
-    return out

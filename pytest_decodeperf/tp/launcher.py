@@ -14,7 +14,6 @@ are ended at once (``close_all``), and the next item of that size starts fresh o
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import pytest
 from ..errors import DecodePerfError
 from ..options import Settings
 from ..records import ResultRecord
-from ..workers import WorkerGone, WorkerProcess, child_env, close_all, recv_each
+from ..workers import WorkerGone, WorkerProcess, child_env, close_all, pytest_args, recv_each
 
 _SCRIPT = Path(__file__).with_name("worker.py")
 
@@ -46,33 +45,12 @@ class RankWorkers:
 
     def _args(self) -> list[str]:
         """Every rank expands the same variants as this session, and writes nothing."""
-        from ..ab.session import _forwarded
-
         s, config = self.settings, self.config
-        args = ["-p", "no:cacheprovider", "-q", "--decodeperf", "--rootdir", str(config.rootpath)]
-        args += [
-            f"--decodeperf-device={s.device}",
-            f"--decodeperf-rounds={s.rounds}",
-            f"--decodeperf-warmup={s.warmup}",
-        ]
+        args = ["--rootdir", str(config.rootpath), f"--decodeperf-rounds={s.rounds}"]
         args += [f"--decodeperf-max-time={s.max_time:g}", f"--decodeperf-tp-timeout={s.tp_timeout:g}"]
         if s.tp is not None:
             args.append("--decodeperf-tp=" + ",".join(map(str, s.tp)))
-        if s.threads is not None:
-            args.append(f"--decodeperf-threads={s.threads}")
-        if s.new_tokens is not None:
-            args.append(f"--decodeperf-new-tokens={s.new_tokens}")
-        if s.prompt_lens is not None:
-            args.append("--decodeperf-prompt-lens=" + ",".join(str(n) for n in s.prompt_lens))
-        if s.dtype is not None:
-            args.append(f"--decodeperf-dtype={s.dtype}")
-        if s.model_path is not None:
-            args.append(f"--decodeperf-model-path={os.path.abspath(s.model_path)}")
-        if config.pluginmanager.hasplugin("xdist"):
-            args += ["-p", "no:xdist"]
-        if config.pluginmanager.hasplugin("benchmark"):
-            args.append("--benchmark-disable")
-        return [*args, *_forwarded(config.invocation_params.args), *self.files]
+        return [*pytest_args(config, s, s.device), *args, *self.files]
 
     def _start(self, tp: int, order: list[str]) -> None:
         from ..engine.distributed import free_port, launch_env
