@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from pytest_decodeperf import generate, make_workload
-from pytest_decodeperf.engine.caches import CacheSlot, get_cache
-from pytest_decodeperf.engine.stream_modes import get_stop_policy
+from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
+from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
 
 from . import common
 

@@ -7,8 +7,8 @@ import itertools
 from typing import Any
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.machine import resolve_device
-from pytest_decodeperf.engine.models import default_model_name
+from pytest_decodeperf.engine.device.machine import resolve_device
+from pytest_decodeperf.engine.spec.models import default_model_name
 
 DEVICE = resolve_device("auto")
 MODEL = default_model_name(DEVICE)

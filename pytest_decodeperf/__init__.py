@@ -18,35 +18,35 @@ from typing import TYPE_CHECKING, Any
 from .errors import DecodePerfError
 
 if TYPE_CHECKING:
-    from .engine.caches import CACHES, CacheStrategy, register_cache
-    from .engine.loop import DecodeOutput, generate
-    from .engine.models import MODELS, build_model, default_model_name
-    from .engine.parity import ParityReport, check_parity
+    from .engine.decode.caches import CACHES, CacheStrategy, register_cache
+    from .engine.decode.loop import DecodeOutput, generate
+    from .engine.decode.stream_modes import STOP_POLICIES, StopPolicy, register_stop_policy
+    from .engine.parity.compare import ParityReport, check_parity
     from .engine.results import VariantResult
     from .engine.runner import Runner
-    from .engine.stream_modes import STOP_POLICIES, StopPolicy, register_stop_policy
-    from .engine.variants import Variant
-    from .engine.workload import Workload, make_workload
+    from .engine.spec.models import MODELS, build_model, default_model_name
+    from .engine.spec.variants import Variant
+    from .engine.spec.workload import Workload, make_workload
 
 _LAZY: dict[str, str] = {
-    "CACHES": "engine.caches",
-    "CacheStrategy": "engine.caches",
-    "register_cache": "engine.caches",
-    "DecodeOutput": "engine.loop",
-    "generate": "engine.loop",
-    "MODELS": "engine.models",
-    "build_model": "engine.models",
-    "default_model_name": "engine.models",
-    "ParityReport": "engine.parity",
-    "check_parity": "engine.parity",
+    "CACHES": "engine.decode.caches",
+    "CacheStrategy": "engine.decode.caches",
+    "register_cache": "engine.decode.caches",
+    "DecodeOutput": "engine.decode.loop",
+    "generate": "engine.decode.loop",
+    "MODELS": "engine.spec.models",
+    "build_model": "engine.spec.models",
+    "default_model_name": "engine.spec.models",
+    "ParityReport": "engine.parity.compare",
+    "check_parity": "engine.parity.compare",
     "Runner": "engine.runner",
     "VariantResult": "engine.results",
-    "STOP_POLICIES": "engine.stream_modes",
-    "StopPolicy": "engine.stream_modes",
-    "register_stop_policy": "engine.stream_modes",
-    "Variant": "engine.variants",
-    "Workload": "engine.workload",
-    "make_workload": "engine.workload",
+    "STOP_POLICIES": "engine.decode.stream_modes",
+    "StopPolicy": "engine.decode.stream_modes",
+    "register_stop_policy": "engine.decode.stream_modes",
+    "Variant": "engine.spec.variants",
+    "Workload": "engine.spec.workload",
+    "make_workload": "engine.spec.workload",
 }
 
 __all__ = [

@@ -29,11 +29,11 @@ def _csv(text: str) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     from .atomic import write_json_atomic
-    from .engine.machine import machine_info, resolve_device
-    from .engine.models import default_model_name
+    from .engine.device.machine import machine_info, resolve_device
     from .engine.runner import Runner
-    from .engine.variants import Variant
-    from .engine.workload import PROMPTS, default_prompt_lens
+    from .engine.spec.models import default_model_name
+    from .engine.spec.variants import Variant
+    from .engine.spec.workload import PROMPTS, default_prompt_lens
     from .errors import check_choice
     from .marker import check_prompt_len, prompt_axis
     from .report import render_table

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import DecodePerfError, check_choice, check_positive
 
 if TYPE_CHECKING:
-    from .engine.variants import Variant
+    from .engine.spec.variants import Variant
 
 
 def decode_perf(
@@ -120,11 +120,11 @@ def parse_marker(
     ``tp``: ``--decodeperf-tp``, likewise.
     """
     # The engine's registries say which names are valid: imported only for a marked test.
-    from .engine.caches import CACHES
-    from .engine.models import DTYPES, check_model_name
-    from .engine.stream_modes import stream_mode_names
-    from .engine.variants import Variant, check_compile
-    from .engine.workload import PROMPTS, STOPS
+    from .engine.decode.caches import CACHES
+    from .engine.decode.stream_modes import stream_mode_names
+    from .engine.spec.models import DTYPES, check_model_name
+    from .engine.spec.variants import Variant, check_compile
+    from .engine.spec.workload import PROMPTS, STOPS
 
     if args:
         raise DecodePerfError(f"decode_perf takes keyword arguments only, got positional {args!r}")
@@ -156,7 +156,7 @@ def parse_marker(
     tps = tuple(dict.fromkeys(check_positive("tp", t) for t in _seq(tp if tp is not None else a["tp"])))
     kind = check_choice("prompts", a["prompts"], PROMPTS)
     if kind == "text" and not custom_model:
-        from .engine.models import is_checkpoint
+        from .engine.spec.models import is_checkpoint
 
         zoo = [m for m in models if not is_checkpoint(m)]
         if zoo:

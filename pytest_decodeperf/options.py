@@ -124,7 +124,7 @@ def check_writable_dir(path: Path) -> Path:
 
 
 def _profile(text: str) -> tuple[int, int]:
-    from .engine.nvtx import parse_profile_steps
+    from .engine.measure.nvtx import parse_profile_steps
 
     return parse_profile_steps(text)
 
@@ -132,13 +132,13 @@ def _profile(text: str) -> tuple[int, int]:
 # The engine's registries are imported only when a value must be checked against them: loading the
 # plugin must not import torch (pytest loads it in every session where the package is installed).
 def _cache_names() -> list[str]:
-    from .engine.caches import CACHES
+    from .engine.decode.caches import CACHES
 
     return list(CACHES)
 
 
 def _stream_mode_names() -> list[str]:
-    from .engine.stream_modes import stream_mode_names
+    from .engine.decode.stream_modes import stream_mode_names
 
     return stream_mode_names()
 

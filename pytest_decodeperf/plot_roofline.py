@@ -2,7 +2,7 @@
 
 One horizontal bar per variant: its median ms per decode step, coloured by stream mode, with a
 black mark at the floor (the bytes a step must move over the measured copy bandwidth, see
-``engine/roofline.py``) and the fraction of bandwidth achieved written beside it. A bar far
+``engine/roofline/analytic.py``) and the fraction of bandwidth achieved written beside it. A bar far
 right of its mark is overhead-bound (launches, Python, the stop check); a bar at its mark is
 memory-bound. No matplotlib import at module level.
 """

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from .ab.session import ABSession
     from .engine.results import VariantResult
-    from .engine.variants import Variant
+    from .engine.spec.variants import Variant
 
 SESSION_KEY = pytest.StashKey[DecodePerfSession]()
 MODEL_KEY = pytest.StashKey[Any]()
@@ -136,8 +136,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 
 def _default_model(settings: Settings) -> str:
-    from .engine.machine import resolve_device
-    from .engine.models import default_model_name
+    from .engine.device.machine import resolve_device
+    from .engine.spec.models import default_model_name
 
     if settings.model_path is not None:
         return settings.model_path
@@ -148,8 +148,8 @@ def _default_model(settings: Settings) -> str:
 
 
 def _default_prompt_lens(settings: Settings) -> tuple[int, ...]:
-    from .engine.machine import resolve_device
-    from .engine.workload import default_prompt_lens
+    from .engine.device.machine import resolve_device
+    from .engine.spec.workload import default_prompt_lens
 
     try:
         return default_prompt_lens(resolve_device(settings.device))
@@ -235,7 +235,7 @@ def _check_model_names(config: pytest.Config, settings: Settings, items: list[py
     is a typo: say so, rather than deselect everything in silence."""
     if not settings.models:
         return
-    from .engine.models import MODELS
+    from .engine.spec.models import MODELS
 
     labels = {param[0].model for item in items if (param := _item_param(item)) is not None}
     unknown = [m for m in settings.models if m not in MODELS and m not in labels]

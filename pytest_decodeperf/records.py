@@ -26,8 +26,8 @@ class MachineInfo(TypedDict, total=False):
     device: str  # "cpu" or "cuda"
     gpu_name: str | None  # CUDA: the device's name
     gpu_driver: str | None  # CUDA: nvidia-smi's driver version
-    bandwidth_gb_per_s: float | None  # copy bandwidth measured once per run on the device (engine/roofline.py)
-    canary_ms: float | None  # the drift canary: a fixed matmul loop's median ms (engine/machine.py)
+    bandwidth_gb_per_s: float | None  # copy bandwidth measured once per run on the device (engine/roofline/analytic.py)
+    canary_ms: float | None  # the drift canary: a fixed matmul loop's median ms (engine/device/machine.py)
 
 
 class ResultRecord(TypedDict):
@@ -61,7 +61,7 @@ class ResultRecord(TypedDict):
     samples_s: list[float]  # wall seconds of each timed round
     samples_ms_per_token: list[float]
     samples_prefill_ms: list[float]
-    # Every decode step timed in the same rounds (engine/measure.py; CUDA events read after the round). Older
+    # Every decode step timed in the same rounds (engine/measure/rounds.py; CUDA events read after the round). Older
     # records: absent. Inter-token latency (ITL): a step's mark less the one before; percentiles over all rounds.
     ttft_ms: float | None  # time to first token, median over rounds: the prefill's mark (the same as prefill_ms)
     itl_p50_ms: float | None
@@ -84,7 +84,7 @@ class ResultRecord(TypedDict):
     stop_reads: int  # blocking host reads of the stop flag in one generation
     syncs_per_token: float | None  # CUDA: host-device syncs per token position (torch.profiler)
     draining_syncs_per_token: float | None  # CUDA: of those, cudaStream/DeviceSynchronize (not the lagged event waits)
-    # Blocking device reads per decode step, counted by op in one untimed generation (engine/syncs.py);
+    # Blocking device reads per decode step, counted by op in one untimed generation (engine/measure/syncs.py);
     # None under torch.compile. "hidden": not the stop policy's declared flag read.
     syncs_per_step: float | None  # hidden reads, mean per decode step
     max_syncs_per_step: int | None  # hidden reads in the worst decode step
@@ -96,12 +96,12 @@ class ResultRecord(TypedDict):
     gpu_idle_us_per_step: float | None
     compiled_graphs: int | None  # compiled variants: graphs dynamo compiled while measuring (recompiles show here)
     graph_breaks: int | None
-    # The decode roofline (engine/roofline.py): bytes a decode step must move (weights, KV read and
+    # The decode roofline (engine/roofline/analytic.py): bytes a decode step must move (weights, KV read and
     # written), the device's measured copy bandwidth, and what the measured ms/step achieves against it.
     bytes_per_step: float | None  # weight + kv + state bytes per step (below)
-    # What a step reads (engine/weights.py): dense matrices and the LM head whole, one row per token of each
+    # What a step reads (engine/roofline/weights.py): dense matrices and the LM head whole, one row per token of each
     # embedding table, the experts its routers picked (distinct per MoE layer across the batch, counted in an
-    # untimed generation: engine/routing.py). Older records: absent.
+    # untimed generation: engine/roofline/routing.py). Older records: absent.
     weight_bytes_per_step: float | None
     kv_bytes_per_step: float | None  # K/V read (the attended positions, or a static cache's whole buffer) + written
     state_bytes_per_step: float | None  # linear-attention/conv/SSM state, read and written whole (None: none)
@@ -119,7 +119,7 @@ class ResultRecord(TypedDict):
     generation_peak_bytes: int | None  # CUDA: the memory round's peak over what was resident when it began
     canary_ms: float | None  # the run's drift canary (machine speed), set when history is written
     canary_samples_ms: list[float]  # its timings at the run's start (when an item ran) and end (older: absent)
-    # Tensor parallel (engine/tensor_parallel.py; older records: absent, meaning one process). The times above are
+    # Tensor parallel (engine/parallel/; older records: absent, meaning one process). The times above are
     # each round's slowest rank's; the roofline fields are one rank's (its shards, plus the collectives' payload).
     tp: int  # ranks the model was sharded over (1: not sharded)
     world_size: int  # processes in the launch (torchrun's WORLD_SIZE; 1: one process)

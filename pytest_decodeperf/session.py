@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from .engine.results import VariantResult
     from .engine.runner import Runner
-    from .engine.variants import Variant
+    from .engine.spec.variants import Variant
     from .tp.launcher import RankWorkers
     from .tp.ranks import RankSession
 
@@ -61,7 +61,7 @@ class DecodePerfSession:
     @property
     def device(self) -> torch.device:
         if self._device is None:
-            from .engine.machine import resolve_device
+            from .engine.device.machine import resolve_device
 
             self._device = resolve_device(self.settings.device)
         return self._device
@@ -69,7 +69,7 @@ class DecodePerfSession:
     @property
     def runner(self) -> Runner:
         if self._runner is None:
-            from .engine.nvtx import Tracer
+            from .engine.measure.nvtx import Tracer
             from .engine.runner import Runner
 
             tracer = Tracer(self.settings.nvtx, self.settings.profile_steps, self.device)
@@ -87,7 +87,7 @@ class DecodePerfSession:
 
     def time_canary(self) -> float:
         """Time the drift canary now (at the run's start and end, when history is kept) and keep the figure."""
-        from .engine.machine import drift_canary_ms
+        from .engine.device.machine import drift_canary_ms
 
         self._canary_samples.append(drift_canary_ms(self.device, self.threads))
         self._canary_ms = statistics.median(self._canary_samples)
@@ -98,7 +98,7 @@ class DecodePerfSession:
         return (self.settings.asv is not None or self.settings.compare is not None) and self.reporter
 
     def machine(self) -> MachineInfo:
-        from .engine.machine import machine_info
+        from .engine.device.machine import machine_info
 
         bandwidth = self._runner.measured_bandwidth if self._runner is not None else None
         gb_per_s = bandwidth / 1e9 if bandwidth else None

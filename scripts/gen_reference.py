@@ -79,11 +79,11 @@ def _py(value: object) -> str:
 
 
 def marker_page() -> str:
-    from pytest_decodeperf.engine.caches import CACHES
-    from pytest_decodeperf.engine.models import DTYPES, MODELS
-    from pytest_decodeperf.engine.stream_modes import HF_MODES, STOP_POLICIES
-    from pytest_decodeperf.engine.variants import COMPILE_MODES
-    from pytest_decodeperf.engine.workload import PROMPTS, STOPS
+    from pytest_decodeperf.engine.decode.caches import CACHES
+    from pytest_decodeperf.engine.decode.stream_modes import HF_MODES, STOP_POLICIES
+    from pytest_decodeperf.engine.spec.models import DTYPES, MODELS
+    from pytest_decodeperf.engine.spec.variants import COMPILE_MODES
+    from pytest_decodeperf.engine.spec.workload import PROMPTS, STOPS
     from pytest_decodeperf.marker import KEYWORDS, SIGNATURE
 
     values = {

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.machine import machine_info, resolve_device
-from pytest_decodeperf.engine.models import default_model_name
+from pytest_decodeperf.engine.device.machine import machine_info, resolve_device
+from pytest_decodeperf.engine.spec.models import default_model_name
 from pytest_decodeperf.records import ResultRecord
 
 

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from pytest_decodeperf import build_model, generate, make_workload
-from pytest_decodeperf.engine.caches import CacheSlot, get_cache
-from pytest_decodeperf.engine.stream_modes import get_stop_policy
+from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
+from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
 
 
 def bare_tokens_per_s(cache: str, stream: str, batch: int, new_tokens: int, rounds: int, warmup: int) -> float:

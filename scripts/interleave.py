@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.loop import DecodeOutput
-from pytest_decodeperf.engine.measure import Clock, Measurement, measure
+from pytest_decodeperf.engine.decode.loop import DecodeOutput
+from pytest_decodeperf.engine.measure.rounds import Clock, Measurement, measure
 from pytest_decodeperf.engine.results import VariantResult
 from pytest_decodeperf.records import ResultRecord
 

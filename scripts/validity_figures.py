@@ -26,7 +26,7 @@ import validity_lib as gv
 from validity_lib import slowdown
 
 from pytest_decodeperf import Runner, build_model
-from pytest_decodeperf.engine.machine import machine_info
+from pytest_decodeperf.engine.device.machine import machine_info
 from pytest_decodeperf.history.compare import compare_with_history
 from pytest_decodeperf.history.storage import write_history
 

@@ -18,7 +18,7 @@ from interleave import interleaved, records
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.machine import machine_info
+from pytest_decodeperf.engine.device.machine import machine_info
 from pytest_decodeperf.history.compare import Comparison, compare_with_history
 from pytest_decodeperf.history.storage import write_history
 from pytest_decodeperf.records import ResultRecord

@@ -46,7 +46,7 @@ from transformers import (
 )
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.caches import cache_keyword
+from pytest_decodeperf.engine.decode.caches import cache_keyword
 from pytest_decodeperf.errors import DecodePerfError
 
 torch.set_num_threads(1)

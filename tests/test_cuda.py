@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from pytest_decodeperf import Runner, Variant, build_model, check_parity, generate, make_workload
-from pytest_decodeperf.engine.caches import CacheSlot, get_cache
-from pytest_decodeperf.engine.stream_modes import get_stop_policy
+from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
+from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
 from pytest_decodeperf.report import render_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
@@ -109,7 +109,7 @@ def cuda_llama():  # type: ignore[no-untyped-def]
 
 def _decode_llama(model, stream: str, cache: str, batch: int = 8, sleep_cycles: int = 0):  # type: ignore[no-untyped-def]
     """One generation; ``sleep_cycles`` stalls each forward on its stream first, widening race windows."""
-    from pytest_decodeperf.engine.hidden_syncs import no_padding_check
+    from pytest_decodeperf.engine.decode.hidden_syncs import no_padding_check
 
     w = make_workload(model, batch, 24, "eos", seed=batch)
     slot = CacheSlot(get_cache(cache), model, batch, w.prompts.shape[1] + 24)
@@ -142,7 +142,7 @@ def test_lagged_modes_make_no_synchronizing_call_inside_the_loop(cuda_llama, cac
         _decode_llama(cuda_llama, stream, cache)  # warm: lazy allocations are not the loop's
         torch.cuda.set_sync_debug_mode("error")
         try:
-            from pytest_decodeperf.engine.hidden_syncs import no_padding_check
+            from pytest_decodeperf.engine.decode.hidden_syncs import no_padding_check
 
             w = make_workload(cuda_llama, 8, 24, "none", seed=8)
             slot = CacheSlot(get_cache(cache), cuda_llama, 8, w.prompts.shape[1] + 24)
@@ -156,8 +156,8 @@ def test_the_pipelined_loop_passes_torchs_cuda_sanitizer() -> None:
     code = (
         "import torch\n"
         "from pytest_decodeperf import build_model, make_workload, generate\n"
-        "from pytest_decodeperf.engine.caches import CacheSlot, get_cache\n"
-        "from pytest_decodeperf.engine.stream_modes import get_stop_policy\n"
+        "from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache\n"
+        "from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy\n"
         "m = build_model('tiny-llama-gqa', device='cuda')\n"
         "w = make_workload(m, 4, 16, 'eos')\n"
         "for stream in ('deferred', 'pipelined'):\n"
@@ -185,7 +185,7 @@ def test_the_static_cache_takes_its_analytic_size_from_the_allocator(cuda_model)
     """On CUDA, what the static cache asks the caching allocator for equals the config's size (its small
     tensors aside), small buffers and ones over 1 MiB (GPT-2 small, b8, 512 + 64 positions: 14 MiB tensors,
     which the allocator rounds); the dynamic cache's generation peak is reported beside it."""
-    from pytest_decodeperf.engine.kv_memory import SMALL_BYTES_PER_LAYER
+    from pytest_decodeperf.engine.roofline.kv_memory import SMALL_BYTES_PER_LAYER
 
     runner = Runner("cuda", rounds=2, warmup=1)
     gpt2 = build_model("gpt2", device="cuda")

@@ -8,10 +8,10 @@ from engine_fixtures import tiny_model  # noqa: F401
 from transformers import DynamicCache, PreTrainedModel
 
 from pytest_decodeperf import DecodePerfError, check_parity, generate, make_workload
-from pytest_decodeperf.engine.caches import CACHES, CacheSlot, CacheStrategy, get_cache, register_cache
-from pytest_decodeperf.engine.parity import row_lengths
-from pytest_decodeperf.engine.stream_modes import StopPolicy, get_stop_policy
-from pytest_decodeperf.engine.workload import Workload, target_steps
+from pytest_decodeperf.engine.decode.caches import CACHES, CacheSlot, CacheStrategy, get_cache, register_cache
+from pytest_decodeperf.engine.decode.stream_modes import StopPolicy, get_stop_policy
+from pytest_decodeperf.engine.parity.compare import row_lengths
+from pytest_decodeperf.engine.spec.workload import Workload, target_steps
 
 
 def run(model: PreTrainedModel, w: Workload, cache: str, stream: str, max_len: int | None = None):  # type: ignore[no-untyped-def]

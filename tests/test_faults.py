@@ -58,7 +58,7 @@ def test_out_of_memory_in_one_variant_fails_that_item_and_the_rest_still_run(pyt
 def test_a_stop_policy_that_reads_the_wrong_step_is_caught_by_the_parity_gate(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
-        from pytest_decodeperf.engine.stream_modes import StopPolicy, register_stop_policy
+        from pytest_decodeperf.engine.decode.stream_modes import StopPolicy, register_stop_policy
 
         class ReadsCurrentStep(StopPolicy):
             def read_slot(self, step):

@@ -13,9 +13,9 @@ from engine_fixtures import tiny_model  # noqa: F401
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import DecodePerfError, Runner, Variant
-from pytest_decodeperf.engine.loop import DecodeOutput
-from pytest_decodeperf.engine.measure import TARGET_PCT, UNSTABLE_PCT, Budget, Clock, measure
-from pytest_decodeperf.engine.nvtx import Tracer, parse_profile_steps
+from pytest_decodeperf.engine.decode.loop import DecodeOutput
+from pytest_decodeperf.engine.measure.nvtx import Tracer, parse_profile_steps
+from pytest_decodeperf.engine.measure.rounds import TARGET_PCT, UNSTABLE_PCT, Budget, Clock, measure
 from pytest_decodeperf.records import ResultRecord
 
 
@@ -166,7 +166,7 @@ class FakeRounds:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = 0.0
-        monkeypatch.setattr("pytest_decodeperf.engine.measure.time.perf_counter", lambda: self.now)
+        monkeypatch.setattr("pytest_decodeperf.engine.measure.rounds.time.perf_counter", lambda: self.now)
         self.out = DecodeOutput(torch.zeros(1, 5, dtype=torch.long), 1, 5, 0, 0)
 
     def of(self, durations: list[float]) -> Callable[[Clock], DecodeOutput]:
@@ -180,7 +180,7 @@ class FakeRounds:
 
 
 def test_median_interval_is_the_binomial_order_statistics_interval() -> None:
-    from pytest_decodeperf.engine.measure import median_interval
+    from pytest_decodeperf.engine.measure.rounds import median_interval
 
     assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (3.0, 1.0, 5.0)  # below 6 values: the whole range
     xs = [float(x) for x in range(1, 11)]

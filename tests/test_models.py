@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pytest_decodeperf import DecodePerfError, build_model
-from pytest_decodeperf.engine.models import MODELS, default_model_name, pad_token_id
+from pytest_decodeperf.engine.spec.models import MODELS, default_model_name, pad_token_id
 
 
 def test_the_same_seed_builds_the_same_weights_and_another_seed_different_ones() -> None:

@@ -8,9 +8,9 @@ from engine_fixtures import tiny_gqa, tiny_model  # noqa: F401
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import check_parity, generate, make_workload
-from pytest_decodeperf.engine.caches import CacheSlot, get_cache
-from pytest_decodeperf.engine.hf_generate import hf_generate
-from pytest_decodeperf.engine.stream_modes import get_stop_policy
+from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
+from pytest_decodeperf.engine.decode.hf_generate import hf_generate
+from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
 
 LAGGED = ("deferred", "pipelined", "nostop")
 

@@ -21,7 +21,7 @@ import transformers
 
 # before any in-process run: pytester's module snapshot would drop the transformers model modules a first
 # import loads inside one, and the next run could not import them again
-import pytest_decodeperf.engine.models  # noqa: F401
+import pytest_decodeperf.engine.spec.models  # noqa: F401
 from pytest_decodeperf.marker import SIGNATURE
 from pytest_decodeperf.options import OPTIONS
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pytest_decodeperf import DecodePerfError
-from pytest_decodeperf.engine.profiling import idle_stats, profile_generation
+from pytest_decodeperf.engine.measure.profiling import idle_stats, profile_generation
 
 
 def test_idle_is_the_gaps_between_merged_device_intervals() -> None:

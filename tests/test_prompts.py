@@ -13,9 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrai
 from transformers.masking_utils import sdpa_mask
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.masks import PaddedBatch, left_pad
-from pytest_decodeperf.engine.models import build_model, check_model_name, load_checkpoint
-from pytest_decodeperf.engine.workload import corpus_lines, make_workload, mixed_lengths
+from pytest_decodeperf.engine.decode.masks import PaddedBatch, left_pad
+from pytest_decodeperf.engine.spec.models import build_model, check_model_name, load_checkpoint
+from pytest_decodeperf.engine.spec.workload import corpus_lines, make_workload, mixed_lengths
 from pytest_decodeperf.errors import DecodePerfError
 
 Run = Callable[..., pytest.RunResult]

@@ -15,8 +15,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.parity import Divergence, ParityReport
-from pytest_decodeperf.engine.reference import judge, judged_report
+from pytest_decodeperf.engine.parity.compare import Divergence, ParityReport
+from pytest_decodeperf.engine.parity.judge import judge, judged_report
 from pytest_decodeperf.errors import DecodePerfError
 
 torch.set_num_threads(1)
@@ -81,7 +81,7 @@ def test_a_compile_that_falls_back_to_eager_fails_saying_so(runner: Runner, monk
 
 def test_dynamos_recompile_limit_is_seen_by_the_compile_counters(monkeypatch: pytest.MonkeyPatch) -> None:
     """A real hit: a frame recompiled past the limit runs eager from then on, with only a log warning."""
-    from pytest_decodeperf.engine.profiling import compile_counters
+    from pytest_decodeperf.engine.measure.profiling import compile_counters
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     before = compile_counters()["recompile_limit_hits"]
@@ -126,7 +126,7 @@ def test_an_encoder_decoder_is_refused_in_one_line_by_every_mode(runner: Runner)
 
 
 def test_a_reference_whose_rows_all_stop_at_once_is_refused() -> None:
-    from pytest_decodeperf.engine.workload import check_not_degenerate
+    from pytest_decodeperf.engine.spec.workload import check_not_degenerate
 
     generated = torch.tensor([[7, 3, 4, 5], [7, 5, 6, 3]])
     with pytest.raises(DecodePerfError, match=r"^m: every row stops at its first step in the reference: nothing"):
@@ -194,8 +194,8 @@ def test_a_model_in_another_dtype_than_its_variant_is_refused(runner: Runner) ->
 def test_the_dtype_check_goes_by_most_weights_and_guards_the_ab_too() -> None:
     """A few float32 weights (transformers' _keep_in_fp32_modules) do not make a bfloat16 model float32;
     the A/B's rounds (engine/paired.py) refuse a mismatch as Runner.run does."""
-    from pytest_decodeperf.engine.checks import weights_dtype
     from pytest_decodeperf.engine.paired import PairedRounds
+    from pytest_decodeperf.engine.spec.checks import weights_dtype
 
     model = gpt2().to(torch.bfloat16)
     model.transformer.ln_f.float()  # kept in float32, as some checkpoints keep their norms

@@ -22,8 +22,8 @@ from transformers import (
     StaticCache,
 )
 
-import pytest_decodeperf.engine.roofline as roofline
-from pytest_decodeperf.engine.caches import cache_keyword
+import pytest_decodeperf.engine.roofline.analytic as roofline
+from pytest_decodeperf.engine.decode.caches import cache_keyword
 
 torch.set_num_threads(1)
 
@@ -331,7 +331,7 @@ def test_a_model_whose_kv_layout_is_unknown_still_measures_and_says_why() -> Non
     assert fields["bandwidth_gb_per_s"] == pytest.approx(8.0)
 
 
-# --- the static cache's allocation against its analytic size (engine/kv_memory.py) -----------------------------
+# --- the static cache's allocation against its analytic size (engine/roofline/kv_memory.py) ---
 
 
 def _rounded(cache: Any) -> int:
@@ -353,9 +353,9 @@ def test_the_watch_sees_each_static_layer_allocate_at_its_first_update() -> None
     from transformers import StaticCache
 
     from pytest_decodeperf import build_model, generate, make_workload
-    from pytest_decodeperf.engine.caches import CacheSlot, get_cache
-    from pytest_decodeperf.engine.kv_memory import AllocationWatch
-    from pytest_decodeperf.engine.stream_modes import get_stop_policy
+    from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
+    from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
+    from pytest_decodeperf.engine.roofline.kv_memory import AllocationWatch
 
     model = build_model("tiny-llama-gqa")
     w = make_workload(model, 3, 6, "none")
@@ -378,7 +378,7 @@ def test_the_watch_sees_each_static_layer_allocate_at_its_first_update() -> None
 def test_a_static_cache_taking_more_than_its_config_says_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the runner and the device seam: an allocator that handed the cache twice its size."""
     from pytest_decodeperf import Runner, Variant
-    from pytest_decodeperf.engine.device_runtime import HostRuntime
+    from pytest_decodeperf.engine.device.runtime import HostRuntime
 
     runner = Runner("cpu", rounds=1, warmup=0)
     factor = {"x": 1}

@@ -15,9 +15,9 @@ import torch
 from families import FAMILIES, LATENT, MOE, STATEFUL, VOCAB, build, state_bytes
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, PreTrainedModel, StaticCache
 
-import pytest_decodeperf.engine.roofline as roofline
+import pytest_decodeperf.engine.roofline.analytic as roofline
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.weights import weight_layout
+from pytest_decodeperf.engine.roofline.weights import weight_layout
 from pytest_decodeperf.report import render_table
 
 torch.set_num_threads(1)
@@ -257,7 +257,7 @@ def test_an_untied_input_embedding_costs_its_rows_and_a_tied_one_is_the_lm_head(
 
 
 def test_a_layer_type_the_model_does_not_know_is_named_in_the_note() -> None:
-    from pytest_decodeperf.engine.variant_roofline import variant_roofline
+    from pytest_decodeperf.engine.roofline.variant import variant_roofline
 
     model = build("qwen3-next", num_hidden_layers=2)
     model.config.layer_types = ["linear_attention", "mystery_attention"]

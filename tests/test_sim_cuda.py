@@ -1,4 +1,4 @@
-"""The stream logic under simulated CUDA (``engine/sim_cuda.py``): the real policies pass, broken ones fail.
+"""The stream logic under simulated CUDA (``engine/device/sim_cuda.py``): the real policies pass, broken ones fail.
 
 Each mutation is one line of ``StopRun`` done wrong, as it could be written by mistake. On a real
 GPU each corrupts tokens only some of the time; the simulator, which tracks every op per simulated
@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.caches import CacheSlot, get_cache
-from pytest_decodeperf.engine.device_runtime import DeviceRuntime
-from pytest_decodeperf.engine.hidden_syncs import no_padding_check
-from pytest_decodeperf.engine.loop import DecodeOutput, generate
-from pytest_decodeperf.engine.sim_cuda import SimRuntime, SimulatedRaceError
-from pytest_decodeperf.engine.stream_modes import StopPolicy, StopRun, get_stop_policy
+from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
+from pytest_decodeperf.engine.decode.hidden_syncs import no_padding_check
+from pytest_decodeperf.engine.decode.loop import DecodeOutput, generate
+from pytest_decodeperf.engine.decode.stream_modes import StopPolicy, StopRun, get_stop_policy
+from pytest_decodeperf.engine.device.runtime import DeviceRuntime
+from pytest_decodeperf.engine.device.sim_cuda import SimRuntime, SimulatedRaceError
 
 torch.set_num_threads(1)
 BATCH, NEW = 3, 12

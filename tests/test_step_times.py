@@ -20,14 +20,14 @@ from transformers import PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
 from pytest_decodeperf.engine import measure
-from pytest_decodeperf.engine.caches import CacheSlot, get_cache
-from pytest_decodeperf.engine.hidden_syncs import no_padding_check
-from pytest_decodeperf.engine.loop import generate
-from pytest_decodeperf.engine.measure import Clock, percentile
-from pytest_decodeperf.engine.sim_cuda import SimRuntime
-from pytest_decodeperf.engine.stream_modes import get_stop_policy
-from pytest_decodeperf.engine.syncs import SyncCounter
-from pytest_decodeperf.engine.syncs import report as sync_report
+from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
+from pytest_decodeperf.engine.decode.hidden_syncs import no_padding_check
+from pytest_decodeperf.engine.decode.loop import generate
+from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
+from pytest_decodeperf.engine.device.sim_cuda import SimRuntime
+from pytest_decodeperf.engine.measure.rounds import Clock, percentile
+from pytest_decodeperf.engine.measure.syncs import SyncCounter
+from pytest_decodeperf.engine.measure.syncs import report as sync_report
 from pytest_decodeperf.report import render_table
 
 torch.set_num_threads(1)

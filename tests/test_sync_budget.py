@@ -1,6 +1,6 @@
 """The sync budget: blocking device reads per decode step are counted by op on every device and gated exactly.
 
-The counter (``engine/syncs.py``) sees ``.item()``, ``bool(t)``, ``nonzero``, ``equal``, device-to-host
+The counter (``engine/measure/syncs.py``) sees ``.item()``, ``bool(t)``, ``nonzero``, ``equal``, device-to-host
 copies and pageable host-to-device builds; on CUDA each one stalls the GPU. The decode loop's modes
 may read only their own stop flag (declared); anything else in a decode step fails the item with its
 ``file:line``.
@@ -16,8 +16,8 @@ from test_asv_history import make_record, repo, results_dir, write  # noqa: F401
 from test_regression import compare, row
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine.device_runtime import HostRuntime
-from pytest_decodeperf.engine.stream_modes import STOP_POLICIES, StopPolicy, StopRun
+from pytest_decodeperf.engine.decode.stream_modes import STOP_POLICIES, StopPolicy, StopRun
+from pytest_decodeperf.engine.device.runtime import HostRuntime
 from pytest_decodeperf.report import render_table
 
 torch.set_num_threads(1)

@@ -22,9 +22,9 @@ from transformers import (
     masking_utils,
 )
 
-from pytest_decodeperf.engine.caches import cache_keyword
-from pytest_decodeperf.engine.hidden_syncs import full_causal_mask, no_padding_check
-from pytest_decodeperf.engine.syncs import SyncCounter
+from pytest_decodeperf.engine.decode.caches import cache_keyword
+from pytest_decodeperf.engine.decode.hidden_syncs import full_causal_mask, no_padding_check
+from pytest_decodeperf.engine.measure.syncs import SyncCounter
 
 torch.set_num_threads(1)
 THIS = os.path.relpath(__file__)  # how the counter names a file outside site-packages

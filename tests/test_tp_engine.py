@@ -14,14 +14,14 @@ from test_measure import FakeRounds
 from transformers import GPT2Config, LlamaConfig
 
 from pytest_decodeperf import DecodePerfError
-from pytest_decodeperf.engine.collectives import CollectiveCounter
-from pytest_decodeperf.engine.distributed import launch_env, rank_env
-from pytest_decodeperf.engine.measure import Budget, measure
+from pytest_decodeperf.engine.device.sim_cuda import SimRuntime, SimulatedRaceError
+from pytest_decodeperf.engine.measure.collectives import CollectiveCounter
+from pytest_decodeperf.engine.measure.rounds import Budget, measure
+from pytest_decodeperf.engine.parallel.distributed import launch_env, rank_env
+from pytest_decodeperf.engine.parallel.tensor_parallel import Sharded, shard_refusal, sharded_roofline
 from pytest_decodeperf.engine.results import Roofline
-from pytest_decodeperf.engine.roofline import StepBytes
-from pytest_decodeperf.engine.sim_cuda import SimRuntime, SimulatedRaceError
-from pytest_decodeperf.engine.tensor_parallel import Sharded, shard_refusal, sharded_roofline
-from pytest_decodeperf.engine.variants import Variant
+from pytest_decodeperf.engine.roofline.analytic import StepBytes
+from pytest_decodeperf.engine.spec.variants import Variant
 
 
 def test_a_rank_reads_its_place_from_torchrun_or_slurm_and_one_process_is_no_launch() -> None:

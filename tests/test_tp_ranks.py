@@ -20,7 +20,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from pytest_decodeperf.engine.models import INIT_RANGE
+from pytest_decodeperf.engine.spec.models import INIT_RANGE
 
 CONFTEST = """
 import os
@@ -54,7 +54,7 @@ import pytest
 import torch
 
 from pytest_decodeperf import build_model
-from pytest_decodeperf.engine.hf_generate import hf_generate
+from pytest_decodeperf.engine.decode.hf_generate import hf_generate
 
 
 @pytest.mark.decode_perf(models=("tiny-llama-gqa", "qwen2-gqa"), stream=("baseline", "pipelined"), new_tokens=6,
@@ -259,7 +259,7 @@ class Group:
 def test_each_rank_takes_a_phases_worst_outcome_and_ranks_out_of_step_stop_the_session() -> None:
     from types import SimpleNamespace
 
-    from pytest_decodeperf.engine.distributed import RankEnv
+    from pytest_decodeperf.engine.parallel.distributed import RankEnv
     from pytest_decodeperf.tp.ranks import RankSession
 
     item: Any = SimpleNamespace(nodeid="t.py::x", path="t.py", location=("t.py", 3, "x"))

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 import torch
 from transformers import PreTrainedModel
 
-from .checks import check_dtype
-from .hidden_syncs import no_padding_check
-from .measure import Clock, Round, measure
-from .profiling import compile_counters
+from .decode.hidden_syncs import no_padding_check
+from .measure.profiling import compile_counters
+from .measure.rounds import Clock, Round, measure
 from .runner import Runner
-from .variants import Variant
+from .spec.checks import check_dtype
+from .spec.variants import Variant
 
 METRICS = ("ms_per_token", "prefill_ms")  # lower is better; what the A/B gate decides on
 

@@ -8,16 +8,16 @@ from typing import Any
 import torch
 
 from ..records import ResultRecord
-from .collectives import CollectiveReport
-from .loop import DecodeOutput
-from .measure import UNSTABLE_PCT, Measurement
-from .models import model_label
-from .parity import ParityReport
-from .profiling import ProfileStats
-from .roofline import StepBytes, achieved
-from .syncs import SyncReport
-from .variants import Variant
-from .workload import Workload
+from .decode.loop import DecodeOutput
+from .measure.collectives import CollectiveReport
+from .measure.profiling import ProfileStats
+from .measure.rounds import UNSTABLE_PCT, Measurement
+from .measure.syncs import SyncReport
+from .parity.compare import ParityReport
+from .roofline.analytic import StepBytes, achieved
+from .spec.models import model_label
+from .spec.variants import Variant
+from .spec.workload import Workload
 
 # A variant whose median (or paired ratio to its baseline) is not pinned within +-UNSTABLE_PCT at 95% is
 # not a measurement but noise: the table marks it and never shows its ratio as a clean speedup (pyperf's
@@ -26,7 +26,7 @@ from .workload import Workload
 
 @dataclass(frozen=True)
 class Roofline:
-    """What a decode step of the variant must move, and what the device can move (engine/roofline.py)."""
+    """What a decode step of the variant must move, and what the device can move (engine/roofline/analytic.py)."""
 
     step: StepBytes | None  # None: the config's KV layout is unknown to the analytic model (see note)
     bandwidth: float  # bytes/s, the device's measured copy bandwidth

@@ -15,32 +15,32 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from transformers import PreTrainedModel
 
-from .caches import CacheSlot, cache_keyword, get_cache
-from .checks import check_compiled, check_drivable, check_dtype
-from .counting import count_syncs
-from .device_runtime import runtime_for
-from .hf_generate import hf_generate
-from .hidden_syncs import accepts_causal_mask, no_padding_check
-from .kv_memory import AllocationWatch
-from .loop import DecodeOutput, generate
-from .measure import Budget, Clock, Measurement, measure
-from .models import build_model, load_tokenizer
-from .nvtx import NULL_TRACER, Tracer
-from .parity import ParityReport, check_parity
-from .profiling import ProfileStats, compile_counters, profile_generation
-from .reference import ignored_cache_refusal, judged_report, loop_refusal
+from .decode.caches import CacheSlot, cache_keyword, get_cache
+from .decode.hf_generate import hf_generate
+from .decode.hidden_syncs import accepts_causal_mask, no_padding_check
+from .decode.loop import DecodeOutput, generate
+from .decode.stream_modes import get_stop_policy
+from .device.runtime import runtime_for
+from .measure.counting import count_syncs
+from .measure.nvtx import NULL_TRACER, Tracer
+from .measure.profiling import ProfileStats, compile_counters, profile_generation
+from .measure.rounds import Budget, Clock, Measurement, measure
+from .measure.syncs import SyncCounter, SyncReport
+from .parity.compare import ParityReport, check_parity
+from .parity.judge import ignored_cache_refusal, judged_report, loop_refusal
 from .results import Roofline, TPInfo, VariantResult
-from .roofline import MIB, measure_bandwidth
-from .routing import GenerationProbe, probe_generation
-from .stream_modes import get_stop_policy
-from .syncs import SyncCounter, SyncReport
-from .variant_roofline import needs_probe, variant_roofline
-from .variants import Variant
-from .workload import Workload, check_not_degenerate, make_workload
+from .roofline.analytic import MIB, measure_bandwidth
+from .roofline.kv_memory import AllocationWatch
+from .roofline.routing import GenerationProbe, probe_generation
+from .roofline.variant import needs_probe, variant_roofline
+from .spec.checks import check_compiled, check_drivable, check_dtype
+from .spec.models import build_model, load_tokenizer
+from .spec.variants import Variant
+from .spec.workload import Workload, check_not_degenerate, make_workload
 
 if TYPE_CHECKING:
-    from .collectives import CollectiveCounter
-    from .distributed import RankGroup
+    from .measure.collectives import CollectiveCounter
+    from .parallel.distributed import RankGroup
 
 
 @dataclass
@@ -157,7 +157,7 @@ class Runner:
         key = (name, dtype, tp)
         if key not in self._models:
             if tp > 1:
-                from .tensor_parallel import load_sharded
+                from .parallel.tensor_parallel import load_sharded
 
                 self._models[key] = load_sharded(name, dtype, tp, seed=self.seed)
             else:
@@ -380,7 +380,7 @@ class Runner:
         variant.validate(self.device)
         model = model if model is not None else self.model(variant.model, variant.dtype, variant.tp)
         check_dtype(model, variant)
-        from .tensor_parallel import Sharded
+        from .parallel.tensor_parallel import Sharded
 
         sharded = Sharded(self.ranks, model, variant) if variant.tp > 1 else None
         check_drivable(model, variant, lambda: self._cache_refusal(model))

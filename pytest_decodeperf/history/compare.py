@@ -7,7 +7,7 @@ statistics cannot tell from noise is shown as "~" and never fails a run: CPU tim
 of percent, and a gate that fails on noise gets switched off.
 
 Two runs are two machine states. Every run times a fixed matmul loop (the drift canary,
-``engine/machine.py``) at its start and its end; between two runs the machine's speed moved by a
+``engine/device/machine.py``) at its start and its end; between two runs the machine's speed moved by a
 factor the canary bounds (``Drift``). Each timed metric is judged against that move: a slowdown fails
 only if it is beyond the gate even when the canary's whole move (and nothing at all, the other
 extreme) is put down to the machine; one the move could explain is "no verdict" for that metric

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..engine.variants import Variant
+    from ..engine.spec.variants import Variant
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ def devices(device: str, launched_world: int | None, xdist_workers: int | None =
     """The ranks an item may have: a launch's size, else one GPU per rank, else one CPU core per rank."""
     if launched_world is not None:
         return Devices(launched_world, f"this launch has {launched_world} ranks", True)
-    from ..engine.device_runtime import cuda_device_count
-    from ..engine.machine import resolve_device
+    from ..engine.device.machine import resolve_device
+    from ..engine.device.runtime import cuda_device_count
 
     if resolve_device(device).type == "cuda":
         gpus = cuda_device_count()
@@ -53,7 +53,7 @@ def device_problem(tp: int, devices: Devices) -> str | None:
     if not devices.launched and tp > devices.count:
         return f"tp={tp} needs {tp} devices; {devices.what}"
     if devices.device_type == "cpu" and not devices.launched:
-        from ..engine.device_runtime import cuda_device_count
+        from ..engine.device.runtime import cuda_device_count
 
         if cuda_device_count():
             return f"tp={tp} on the CPU of a machine with CUDA: transformers builds its device mesh on the GPU"
@@ -65,8 +65,8 @@ def shard_problem(model: str, tp: int) -> str | None:
     """Why transformers cannot shard zoo model or checkpoint ``model`` over ``tp`` ranks (None: it can)."""
     if tp <= 1:
         return None
-    from ..engine.models import MODELS, is_checkpoint
-    from ..engine.tensor_parallel import model_config, shard_refusal
+    from ..engine.parallel.tensor_parallel import model_config, shard_refusal
+    from ..engine.spec.models import MODELS, is_checkpoint
 
     if model not in MODELS and not is_checkpoint(model):
         return None  # a label of the user's own decode_model: checked when it is loaded

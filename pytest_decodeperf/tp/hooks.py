@@ -13,7 +13,7 @@ from ..errors import DecodePerfError
 from . import checks
 
 if TYPE_CHECKING:
-    from ..engine.variants import Variant
+    from ..engine.spec.variants import Variant
     from ..session import DecodePerfSession
 
 
@@ -29,7 +29,7 @@ def _xdist_workers(config: pytest.Config) -> int | None:
 def configure(config: pytest.Config, session: DecodePerfSession) -> None:
     """This process as a rank of a launch (it joins the process group now, as every rank must), or the session
     that starts ranks for its tp>1 items; what cannot go together is refused in one line."""
-    from ..engine.distributed import rank_env
+    from ..engine.parallel.distributed import rank_env
     from .plugin import TensorParallelPlugin
 
     config.pluginmanager.register(TensorParallelPlugin(session), "decodeperf-tp")

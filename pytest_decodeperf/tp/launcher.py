@@ -53,7 +53,7 @@ class RankWorkers:
         return [*pytest_args(config, s, s.device), *args, *self.files]
 
     def _start(self, tp: int, order: list[str]) -> None:
-        from ..engine.distributed import free_port, launch_env
+        from ..engine.parallel.distributed import free_port, launch_env
 
         self.close()
         self.starts += 1

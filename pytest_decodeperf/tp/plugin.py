@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ..engine.variants import Variant
+    from ..engine.spec.variants import Variant
     from ..records import ResultRecord
     from ..session import DecodePerfSession
 

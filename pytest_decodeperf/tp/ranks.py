@@ -2,7 +2,7 @@
 
 Each rank is a pytest session of the same tree, collecting the same items in the same order, as under torchrun.
 For every ``decode_perf`` item, after its setup and after its call, the ranks exchange that phase's outcome
-over the control group (``engine/distributed.py``) and each takes the worst: a rank whose setup failed keeps every
+over the control group (``parallel/distributed.py``) and each takes the worst: a rank whose setup failed keeps every
 rank from measuring (one rank measuring alone would wait in the model's first collective), and a rank that failed
 the call fails the item on every rank, named ("rank 1: ..."). Rank 0 alone reports (the table, JSON,
 pytest-benchmark, asv history), unless the plugin started the ranks: then the session that started them does.
@@ -21,8 +21,8 @@ import pytest
 if TYPE_CHECKING:
     import torch
 
-    from ..engine.distributed import RankEnv, RankGroup
-    from ..engine.variants import Variant
+    from ..engine.parallel.distributed import RankEnv, RankGroup
+    from ..engine.spec.variants import Variant
 
 CONTROL_TIMEOUT_S = 3600.0  # how long a rank waits at an exchange: rank 0 may run tp=1 items alone meanwhile
 
@@ -55,7 +55,7 @@ class RankSession:
     def start(self, device: torch.device, timeout_s: float) -> RankGroup:
         """Join the process group (every rank of the launch must, before any item)."""
         if self.group is None:
-            from ..engine.distributed import RankGroup
+            from ..engine.parallel.distributed import RankGroup
 
             self.group = RankGroup(self.env, device, timeout_s, max(CONTROL_TIMEOUT_S, timeout_s))
         return self.group

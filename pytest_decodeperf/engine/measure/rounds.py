@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .device_runtime import DeviceRuntime, runtime_for
-from .loop import DecodeOutput
+from ..decode.loop import DecodeOutput
+from ..device.runtime import DeviceRuntime, runtime_for
 
 
 class Clock:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .caches import CACHE_KEYWORDS
+from ..decode.caches import CACHE_KEYWORDS
 
 __all__ = ["GenerationProbe", "Routing", "probe_generation"]
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel
 
-from .hf_generate import hf_generate
-from .hidden_syncs import no_padding_check
+from ..decode.hf_generate import hf_generate
+from ..decode.hidden_syncs import no_padding_check
+from ..spec.variants import Variant
+from ..spec.workload import Workload
 from .syncs import SyncCounter, SyncReport, report
-from .variants import Variant
-from .workload import Workload
 
 if TYPE_CHECKING:
     from .collectives import CollectiveCounter

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ..errors import DecodePerfError, check_choice, check_positive
-from .caches import CACHES, get_cache
+from ...errors import DecodePerfError, check_choice, check_positive
+from ..decode.caches import CACHES, get_cache
+from ..decode.stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
 from .models import DTYPES, model_label
-from .stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
 from .workload import DEFAULT_PROMPT_LEN, PROMPTS, STOPS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -35,7 +35,7 @@ class Variant:
     dtype: str = "float32"
     prompt_len: int = DEFAULT_PROMPT_LEN  # the longest row's prompt tokens
     prompts: str = "random"  # random, mixed (left padded, lengths spread) or text (the corpus, tokenized)
-    tp: int = 1  # tensor-parallel ranks the model is sharded over (engine/tensor_parallel.py)
+    tp: int = 1  # tensor-parallel ranks the model is sharded over (engine/parallel/tensor_parallel.py)
 
     @property
     def id(self) -> str:

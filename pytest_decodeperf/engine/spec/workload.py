@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ..errors import DecodePerfError, check_choice, check_positive
-from .caches import CacheSlot, get_cache
-from .loop import generate
-from .masks import left_pad
+from ...errors import DecodePerfError, check_choice, check_positive
+from ..decode.caches import CacheSlot, get_cache
+from ..decode.loop import generate
+from ..decode.masks import left_pad
+from ..decode.stream_modes import get_stop_policy
+from ..parity.compare import row_lengths
+from ..parity.judge import loop_refusal, model_eos_cleared
 from .models import pad_token_id, vocab_size
-from .parity import row_lengths
-from .reference import loop_refusal, model_eos_cleared
-from .stream_modes import get_stop_policy
 
 STOPS = ("eos", "none")
 # random: every row prompt_len random ids; mixed: random ids, rows of different lengths, left padded;

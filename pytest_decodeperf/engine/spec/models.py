@@ -17,7 +17,7 @@ from typing import Any, cast
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from ..errors import DecodePerfError, check_choice
+from ...errors import DecodePerfError, check_choice
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import DecodePerfError
-from .device_runtime import bind_cuda_device
+from ...errors import DecodePerfError
+from ..device.runtime import bind_cuda_device
 
 LAUNCHER_VAR = "DECODEPERF_TP_LAUNCHER"  # set by the plugin on the ranks it starts: "plugin"
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from transformers import Cache, PreTrainedModel
 
-from ..errors import DecodePerfError
+from ...errors import DecodePerfError
+from ..device.runtime import DeviceRuntime
+from ..measure.nvtx import NULL_TRACER, Tracer
+from ..measure.syncs import SyncCounter
 from .caches import CacheSlot, cache_keyword
-from .device_runtime import DeviceRuntime
 from .hidden_syncs import full_causal_mask
 from .masks import PaddedBatch, takes_position_ids
-from .nvtx import NULL_TRACER, Tracer
 from .stream_modes import StopPolicy
-from .syncs import SyncCounter
 
 _NULL = contextlib.nullcontext()
 

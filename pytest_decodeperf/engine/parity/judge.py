@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .caches import cache_keyword, forward_parameters
-from .parity import Divergence, ParityReport
+from ..decode.caches import cache_keyword, forward_parameters
+from .compare import Divergence, ParityReport
 
 TOP_K = 5
 TIE_EPS = 8  # a near-tie: the two logits within this many dtype epsilons of the largest logit

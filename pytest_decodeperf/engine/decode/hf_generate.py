@@ -15,10 +15,10 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation import utils as gen_utils
 
-from ..errors import DecodePerfError
+from ...errors import DecodePerfError
+from ..parity.judge import model_eos_cleared
+from ..spec.workload import Workload
 from .loop import DecodeOutput
-from .reference import model_eos_cleared
-from .workload import Workload
 
 # cache type -> generate() arguments
 _CACHE_ARGS: dict[str, dict[str, Any]] = {

@@ -27,14 +27,14 @@ import torch
 import transformers
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from ..errors import DecodePerfError
-from .collectives import CollectiveCounter, CollectiveReport
+from ...errors import DecodePerfError
+from ..measure.collectives import CollectiveCounter, CollectiveReport
+from ..measure.syncs import SyncReport
+from ..results import Roofline, TPInfo
+from ..roofline.analytic import StepBytes
+from ..spec.models import MODELS, build_model, is_checkpoint, resolve_dtype
+from ..spec.variants import Variant
 from .distributed import RankGroup
-from .models import MODELS, build_model, is_checkpoint, resolve_dtype
-from .results import Roofline, TPInfo
-from .roofline import StepBytes
-from .syncs import SyncReport
-from .variants import Variant
 
 __all__ = ["Sharded", "ShardedStep", "load_sharded", "model_config", "shard_refusal", "sharded_roofline", "shards"]
 

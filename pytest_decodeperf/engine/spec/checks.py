@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 import torch
 from transformers import PreTrainedModel
 
-from ..errors import DecodePerfError
+from ...errors import DecodePerfError
+from ..parity.judge import loop_refusal
 from .models import DTYPES
-from .reference import loop_refusal
 from .variants import Variant
 
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from .bandwidth import MIB, achieved, measure_bandwidth  # re-exported: the roofline's other half
+from ..device.bandwidth import MIB, achieved, measure_bandwidth  # re-exported: the roofline's other half
 
 __all__ = [
     "MIB",

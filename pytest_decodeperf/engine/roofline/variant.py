@@ -13,11 +13,11 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from ..results import Roofline
+from ..spec.variants import Variant
+from .analytic import cache_state_bytes, cache_tensor_bytes, decode_bytes, has_state_layers, static_cache_bytes
 from .kv_memory import AllocationWatch
-from .results import Roofline
-from .roofline import cache_state_bytes, cache_tensor_bytes, decode_bytes, has_state_layers, static_cache_bytes
 from .routing import GenerationProbe
-from .variants import Variant
 from .weights import expert_modules
 
 __all__ = ["needs_probe", "variant_roofline"]

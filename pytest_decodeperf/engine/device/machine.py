@@ -12,7 +12,7 @@ import time
 import torch
 import transformers
 
-from ..records import MachineInfo
+from ...records import MachineInfo
 
 
 def _cpu_name() -> str:
@@ -109,7 +109,7 @@ def machine_info(
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is cuda when available, else cpu; ``cuda`` without CUDA is an error."""
-    from ..errors import DecodePerfError, check_choice
+    from ...errors import DecodePerfError, check_choice
 
     check_choice("device", name, ("auto", "cpu", "cuda"))
     if name == "auto":

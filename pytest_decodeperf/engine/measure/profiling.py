@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..errors import DecodePerfError
-from .loop import DecodeOutput
+from ...errors import DecodePerfError
+from ..decode.loop import DecodeOutput
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
 # What drains a stream (a blocking read, .item(), a synchronize), as opposed to the lagged modes'

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import torch
 
-from ..errors import DecodePerfError
+from ...errors import DecodePerfError
 
 try:  # optional: the ranges are no-ops without it
     import nvtx as _nvtx

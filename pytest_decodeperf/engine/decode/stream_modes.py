@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from ..errors import DecodePerfError, check_choice
-from .device_runtime import DeviceRuntime, runtime_for
+from ...errors import DecodePerfError, check_choice
+from ..device.runtime import DeviceRuntime, runtime_for
 
 
 @dataclass(frozen=True)

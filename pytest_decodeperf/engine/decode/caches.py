@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import Cache, DynamicCache, PreTrainedModel, StaticCache
 
-from ..errors import DecodePerfError, check_choice
+from ...errors import DecodePerfError, check_choice
 
 CacheFactory = Callable[[PreTrainedModel, int, int], Cache | None]
 
