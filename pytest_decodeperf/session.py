@@ -6,26 +6,41 @@ only when a run needs it.
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
 
 from .atomic import write_json_atomic
 from .errors import DecodePerfError
 from .options import Settings
 from .records import ABRecord, MachineInfo, ResultRecord
 from .report import render_table
+from .xdist_support import RECORDS_KEY
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from .engine.parallel.distributed import RankEnv, RankGroup
     from .engine.results import VariantResult
     from .engine.runner import Runner
     from .engine.spec.variants import Variant
-    from .tp.launcher import RankWorkers
-    from .tp.ranks import RankSession
+
+
+class Rank(Protocol):
+    """This process as one rank of a launch (``tp/ranks.py``), as the session sees it."""
+
+    env: RankEnv
+    group: RankGroup | None
+
+    @property
+    def reporter(self) -> bool: ...
+
+    def runs(self, variant: Variant) -> bool: ...
 
 
 @dataclass
@@ -49,9 +64,13 @@ class DecodePerfSession:
     _device: torch.device | None = None
     _canary_ms: float | None = None
     _canary_samples: list[float] = field(default_factory=list)
-    ranks: RankSession | None = None  # this process is one rank of a launch (tp/ranks.py)
-    launcher: RankWorkers | None = None  # the ranks this session started for its tp>1 items (tp/launcher.py)
-    tp_notes: list[str] = field(default_factory=list)  # variants --decodeperf-tp could not add, and why
+    ranks: Rank | None = None  # this process is one rank of a launch (tp/ranks.py)
+    not_run: list[str] = field(default_factory=list)  # variants an option could not add, and why
+
+    @property
+    def delegated(self) -> bool:
+        """Whether the items are measured elsewhere (the A/B's workers), not in this process."""
+        return self.settings.ab is not None
 
     @property
     def reporter(self) -> bool:
@@ -209,3 +228,42 @@ class DecodePerfSession:
                 paths = write_history(self.records, self.machine(), results_dir, commit, repo_dir=rootdir)
                 self.messages += [f"decode perf history written to {p}" for p in paths]
         return ok
+
+    # --- the end of a run ---------------------------------------------------------------------------------------
+
+    def display(self, terminalreporter: Any) -> None:
+        """The table, then every message of the run (written by the reporting process only)."""
+        if not self.reporter:
+            return
+        if self.records:
+            terminalreporter.write_sep("=", "decode perf")
+            terminalreporter.write_line(self.summary())
+        for message in [*self.messages, *(f"decode perf: not run: {note}" for note in self.not_run)]:
+            terminalreporter.write_line(message)
+
+    def finish(self, session: pytest.Session) -> None:
+        """Everything a run leaves behind: an xdist worker's records handed over, or the JSON, the history (and its
+        verdict on the exit status) and the plots."""
+        config = session.config
+        workeroutput = getattr(config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: hand records to the controller
+            workeroutput[RECORDS_KEY] = json.dumps(self.records)
+            return
+        if not self.reporter or not self.records:
+            return  # rank 0 of a launch writes; an A/B controller wrote its verdicts (ab/plugin.py)
+        if self.settings.json is not None:
+            self.write_json(self.settings.json)
+            self.messages.append(f"decode perf results written to {self.settings.json}")
+        if self.settings.asv is not None or self.settings.compare is not None:
+            try:
+                if not self.history(config.rootpath):
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            except DecodePerfError as exc:
+                self.messages.append(f"decode perf: asv history: {exc}")
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.settings.plot is not None:
+            from .plots import write_plots
+
+            self.settings.plot.mkdir(parents=True, exist_ok=True)
+            for path in write_plots(self.records, self.settings.plot):
+                self.messages.append(f"decode perf plot written to {path}")

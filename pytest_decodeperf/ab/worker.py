@@ -38,16 +38,11 @@ class WorkerPlugin:
         self.foreign = foreign  # side A: the checkout, whose code this side must not import
         self.cpus = cpus  # pinned before the first warmup (not at start: collection may use every core)
         self.order: list[str] = []
+        self.package: Any = None  # what this side's pytest-decodeperf offers a worker (``_package``)
 
-    def _plugin(self, config: pytest.Config) -> Any:
-        plugin = config.pluginmanager.get_plugin("decodeperf") or sys.modules.get("pytest_decodeperf.plugin")
-        if plugin is None or not hasattr(plugin, "MODEL_KEY") or not hasattr(plugin, "_item_param"):
-            return None
-        return plugin
-
-    def _problems(self, plugin: Any) -> list[str]:
+    def _problems(self, package: Any) -> list[str]:
         """Why this side cannot be timed as its own tree (empty: it can)."""
-        if plugin is None or importlib.util.find_spec("pytest_decodeperf.engine.paired") is None:
+        if package is None:
             where = getattr(sys.modules.get("pytest_decodeperf"), "__file__", None) or "not loaded"
             return [f"its pytest-decodeperf ({where}) predates --decodeperf-ab (no engine/paired.py)"]
         if self.foreign is None:
@@ -73,9 +68,9 @@ class WorkerPlugin:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        plugin = self._plugin(config)
-        problems = self._problems(plugin)
-        marked = {} if problems else {item.nodeid: item for item in items if plugin._item_param(item) is not None}
+        self.package = _package(config)
+        problems = self._problems(self.package)
+        marked = {} if problems else {item.nodeid: item for item in items if self.package.item_param(item) is not None}
         self.outbox.send(("collected", PROTOCOL, sorted(marked), problems))
         kind, order = self.inbox.recv()
         assert kind == "order"
@@ -94,11 +89,9 @@ class WorkerPlugin:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
-        plugin = self._plugin(item.config)
-        if plugin is not None and item.nodeid in self.order:
-            self._serve(item, plugin)
-            if plugin.MODEL_KEY in item.stash:
-                del item.stash[plugin.MODEL_KEY]  # the controller judges: the item does not measure itself
+        if self.package is not None and item.nodeid in self.order:
+            self._serve(item)
+            self.package.drop_model(item)  # the controller judges: the item does not measure itself
         return (yield)
 
     @pytest.hookimpl(tryfirst=True)
@@ -106,13 +99,9 @@ class WorkerPlugin:
         """The body is not run here either: it would see no measured result."""
         return True if pyfuncitem.nodeid in self.order else None
 
-    def _serve(self, item: pytest.Item, plugin: Any) -> None:
+    def _serve(self, item: pytest.Item) -> None:
         try:
-            from pytest_decodeperf.engine.paired import PairedRounds
-
-            variant, _parity = plugin._item_param(item)
-            model = item.stash[plugin.MODEL_KEY]
-            rounds = PairedRounds(plugin._session(item.config).runner, model, variant)
+            rounds = self.package.paired_rounds(item)
             if self.cpus:
                 _pin(self.cpus)
                 self.cpus = None
@@ -133,6 +122,42 @@ class WorkerPlugin:
                 traceback.print_exc()
                 self.outbox.send(("error", item.nodeid, f"{type(exc).__name__}: {exc}".splitlines()[0]))
                 return
+
+
+class _ProtocolV1:
+    """Protocol version 1 (``pytest_decodeperf/protocol.py`` describes both): a package from before that module,
+    whose plugin module held ``MODEL_KEY``, ``_item_param`` and ``_session``."""
+
+    def __init__(self, plugin: Any):
+        self.plugin = plugin
+
+    def item_param(self, item: pytest.Item) -> Any:
+        return self.plugin._item_param(item)
+
+    def drop_model(self, item: pytest.Item) -> None:
+        if self.plugin.MODEL_KEY in item.stash:
+            del item.stash[self.plugin.MODEL_KEY]
+
+    def paired_rounds(self, item: pytest.Item) -> Any:
+        from pytest_decodeperf.engine.paired import PairedRounds
+
+        variant, _parity = self.plugin._item_param(item)
+        return PairedRounds(self.plugin._session(item.config).runner, item.stash[self.plugin.MODEL_KEY], variant)
+
+
+def _package(config: pytest.Config) -> Any:
+    """This side's pytest-decodeperf as a worker reads it: its ``protocol`` module (version 2 on), the plugin
+    module's own names (version 1), or None (a package from before the A/B)."""
+    plugin = config.pluginmanager.get_plugin("decodeperf") or sys.modules.get("pytest_decodeperf.plugin")
+    if plugin is None:
+        return None
+    if importlib.util.find_spec("pytest_decodeperf.protocol") is not None:
+        return importlib.import_module("pytest_decodeperf.protocol")
+    if not hasattr(plugin, "MODEL_KEY") or not hasattr(plugin, "_item_param"):
+        return None
+    if importlib.util.find_spec("pytest_decodeperf.engine.paired") is None:
+        return None
+    return _ProtocolV1(plugin)
 
 
 def _pin(cpus: set[int]) -> None:

@@ -32,7 +32,8 @@ def configure(config: pytest.Config, session: DecodePerfSession) -> None:
     from ..engine.parallel.distributed import rank_env
     from .plugin import TensorParallelPlugin
 
-    config.pluginmanager.register(TensorParallelPlugin(session), "decodeperf-tp")
+    plugin = TensorParallelPlugin(session)
+    config.pluginmanager.register(plugin, "decodeperf-tp")
     settings = session.settings
     wanted = max(settings.tp or (1,))
     try:
@@ -48,8 +49,9 @@ def configure(config: pytest.Config, session: DecodePerfSession) -> None:
                 raise DecodePerfError(problems[0])
             from .ranks import RankSession
 
-            session.ranks = RankSession(env)
-            session.ranks.start(session.device, settings.tp_timeout)
+            plugin.ranks = RankSession(env)
+            plugin.ranks.start(session.device, settings.tp_timeout)
+            session.ranks = plugin.ranks
             return
         if wanted > 1 and settings.ab is not None:
             raise DecodePerfError("--decodeperf-ab does not A/B tensor-parallel variants yet; drop --decodeperf-tp")
@@ -71,6 +73,6 @@ def select(config: pytest.Config, session: DecodePerfSession, variants: list[Var
     kept = checks.tp_variants(variants, devices, session.settings.tp is not None, custom)
     for variant in variants:
         problem = None if variant in kept else checks.shard_problem(variant.model, variant.tp)
-        if problem is not None and problem not in session.tp_notes:
-            session.tp_notes.append(problem)
+        if problem is not None and problem not in session.not_run:
+            session.not_run.append(problem)
     return kept

@@ -12,16 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..protocol import item_param
+
 if TYPE_CHECKING:
     from ..engine.spec.variants import Variant
     from ..records import ResultRecord
     from ..session import DecodePerfSession
+    from .launcher import RankWorkers
+    from .ranks import RankSession
 
 
 def _variant(item: pytest.Item) -> Variant | None:
-    from ..plugin import _item_param
-
-    param = _item_param(item)
+    param = item_param(item)
     return param[0] if param is not None else None
 
 
@@ -44,10 +46,12 @@ def _feed_benchmark(item: pytest.Item, record: ResultRecord) -> None:
 class TensorParallelPlugin:
     def __init__(self, session: DecodePerfSession):
         self.session = session
+        self.ranks: RankSession | None = None  # this process is a rank of a launch (hooks.configure joined it)
+        self.launcher: RankWorkers | None = None  # the ranks this session starts for its tp>1 items
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """This session's tp>1 items by size, for the ranks it will start (none under a launcher: it is a rank)."""
-        if self.session.ranks is not None or session.config.option.collectonly or self.session.settings.ab is not None:
+        if self.ranks is not None or session.config.option.collectonly or self.session.settings.ab is not None:
             return  # under the A/B, tp>1 items are skipped (plugin.py)
         plan: dict[int, list[str]] = {}
         files: set[str] = set()
@@ -58,15 +62,15 @@ class TensorParallelPlugin:
         if plan:
             from .launcher import RankWorkers
 
-            self.session.launcher = RankWorkers(session.config, self.session.settings, plan, sorted(files))
+            self.launcher = RankWorkers(session.config, self.session.settings, plan, sorted(files))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
         """A tp>1 item of a session that starts its own ranks runs on them: their reports are its own."""
         variant = _variant(item)
-        if self.session.launcher is None or variant is None or variant.tp == 1:
+        if self.launcher is None or variant is None or variant.tp == 1:
             return None
-        records = self.session.launcher.protocol(item, variant.tp)
+        records = self.launcher.protocol(item, variant.tp)
         self.session.add_records(records)
         if records:
             _feed_benchmark(item, records[-1])
@@ -75,7 +79,7 @@ class TensorParallelPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
         report = yield
-        ranks = self.session.ranks
+        ranks = self.ranks
         if ranks is not None and call.when in ("setup", "call") and _variant(item) is not None:
             ranks.agree(item, report)
         return report
@@ -83,10 +87,10 @@ class TensorParallelPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
         """A rank that sat an item out (tp=1 runs on rank 0 alone) has no result to give its body."""
-        variant, ranks = _variant(pyfuncitem), self.session.ranks
+        variant, ranks = _variant(pyfuncitem), self.ranks
         return True if ranks is not None and variant is not None and not ranks.runs(variant) else None
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        for part in (self.session.launcher, self.session.ranks):
+        for part in (self.launcher, self.ranks):
             if part is not None:
                 part.close()

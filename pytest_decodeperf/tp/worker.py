@@ -25,14 +25,11 @@ class RankWorkerPlugin:
         self.order: list[str] = []
         self.reports: list[Any] = []
 
-    @staticmethod
-    def _plugin(config: pytest.Config) -> Any:
-        return config.pluginmanager.get_plugin("decodeperf") or sys.modules["pytest_decodeperf.plugin"]
-
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        plugin = self._plugin(config)
-        marked = {item.nodeid: item for item in items if plugin._item_param(item) is not None}
+        from pytest_decodeperf.protocol import item_param  # a rank runs the launcher's own package version
+
+        marked = {item.nodeid: item for item in items if item_param(item) is not None}
         self.outbox.send(("collected", sorted(marked)))
         kind, order = self.inbox.recv()
         assert kind == "order"
@@ -54,7 +51,9 @@ class RankWorkerPlugin:
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         """Items run when the launcher says, one at a time, in its order (the next one's fixtures kept)."""
         items = {item.nodeid: item for item in session.items}
-        records = self._plugin(session.config)._session(session.config).records
+        from pytest_decodeperf.protocol import session as plugin_session
+
+        records = plugin_session(session.config).records
         while True:
             try:
                 message = self.inbox.recv()
