@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from . import fixtures
+from . import fixtures, protocol
 from .benchmark_support import benchmark_fed, feed_pytest_benchmark
 from .collection import MARKER, check_model_names, narrowed_out, parametrize
 from .errors import DecodePerfError
@@ -31,10 +31,11 @@ from .xdist_support import RECORDS_KEY, assign_gpu, check_worker_gpu, pin_worker
 
 SKIP_REASON = "decode perf tests need --decodeperf"
 
-# Protocol version 1 (``protocol.py``): the names a worker of an older commit reads off this module.
+# What a worker reads off this module (``protocol.py``): the protocol module itself (version 2 on), and the names
+# a worker of an older commit reads (version 1).
 _item_param = item_param
 _session = session
-__all__ = ["MODEL_KEY", "SESSION_KEY", "_item_param", "_session"]
+__all__ = ["MODEL_KEY", "SESSION_KEY", "_item_param", "_session", "protocol"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -264,10 +264,18 @@ def test_a_ref_of_this_plugin_that_predates_an_option_given_is_one_line(tmp_path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_this_repository_ab_tests_itself_from_a_clone_as_the_nightly_runs_it(tmp_path: Path) -> None:
+# The last commit whose workers read the plugin through protocol version 1 (pytest_decodeperf/protocol.py):
+# the plugin module's MODEL_KEY/_item_param/_session and engine.paired, before the engine moved into sub-packages.
+PROTOCOL_V1 = "97a228022455f1eda3435898e80f0346c92475cb"
+
+
+@pytest.mark.parametrize("newer", ["checkout", "ref"])
+def test_this_repository_ab_tests_itself_from_a_clone_across_the_protocol_change(tmp_path: Path, newer: str) -> None:
     """The nightly runs ``python -m pytest perf_tests --decodeperf --decodeperf-ab=REF`` in a checkout of this
     repository: side A's worktree then holds pytest-decodeperf itself (its own plugin and engine), and the
-    worker script, the checkout's, must not be taken for borrowed code. A short budget: 3 process pairs."""
+    worker script, the checkout's, must not be taken for borrowed code. Across a change of what a worker reads
+    from the package (protocol.py), both ways: this commit against the last one of protocol version 1, and that
+    one's checkout against this commit as REF (its worker script reads this package). A short budget: 3 pairs."""
     import subprocess
     import sys
 
@@ -275,13 +283,19 @@ def test_this_repository_ab_tests_itself_from_a_clone_as_the_nightly_runs_it(tmp
         pytest.skip(f"{ROOT} is not a git checkout")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", "--no-hardlinks", str(ROOT), str(clone))
+    if subprocess.run(["git", "cat-file", "-e", PROTOCOL_V1], cwd=clone, check=False).returncode != 0:
+        pytest.skip(f"this clone has no commit {PROTOCOL_V1[:8]} (a shallow clone?)")
+    head = git(clone, "rev-parse", "HEAD")
+    ref = PROTOCOL_V1 if newer == "checkout" else head
+    if newer == "ref":
+        git(clone, "checkout", "-q", "--detach", PROTOCOL_V1)
     cmd = [
         sys.executable,
         "-m",
         "pytest",
         "perf_tests",
         "--decodeperf",
-        "--decodeperf-ab=HEAD",
+        f"--decodeperf-ab={ref}",
         "-p",
         "no:cacheprovider",
     ]
@@ -292,7 +306,7 @@ def test_this_repository_ab_tests_itself_from_a_clone_as_the_nightly_runs_it(tmp
     proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=600, check=False, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "1 passed" in out and "imported the checkout's code" not in out
+    assert "1 passed" in out and "imported the checkout's code" not in out and "predates" not in out
     assert "A/B process pair 3/3" in out and "syncs/step 0 -> 0" in out
-    assert f"B = {git(clone, 'rev-parse', 'HEAD')[:8]} (the checkout) against A = " in out
+    assert f"B = {git(clone, 'rev-parse', 'HEAD')[:8]} (the checkout) against A = {ref[:8]}" in out
     assert len(worktrees(clone)) == 1

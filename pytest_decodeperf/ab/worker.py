@@ -147,12 +147,17 @@ class _ProtocolV1:
 
 def _package(config: pytest.Config) -> Any:
     """This side's pytest-decodeperf as a worker reads it: its ``protocol`` module (version 2 on), the plugin
-    module's own names (version 1), or None (a package from before the A/B)."""
+    module's own names (version 1), or None (a package from before the A/B).
+
+    Read off the plugin module this session loaded, never imported by name: an editable install's finder would
+    hand an older package the checkout's ``protocol`` module, whose keys that package never set.
+    """
     plugin = config.pluginmanager.get_plugin("decodeperf") or sys.modules.get("pytest_decodeperf.plugin")
     if plugin is None:
         return None
-    if importlib.util.find_spec("pytest_decodeperf.protocol") is not None:
-        return importlib.import_module("pytest_decodeperf.protocol")
+    protocol = getattr(plugin, "protocol", None)
+    if protocol is not None and getattr(protocol, "PROTOCOL", 0) >= 2:
+        return protocol
     if not hasattr(plugin, "MODEL_KEY") or not hasattr(plugin, "_item_param"):
         return None
     if importlib.util.find_spec("pytest_decodeperf.engine.paired") is None:
