@@ -89,14 +89,6 @@ class Generate:
 
     def time_generate(self, model: str, cache: str, stream: str, batch: int) -> None:
         with torch.inference_mode():
-            generate(
-                self.model,
-                self.workload.prompts,
-                common.NEW_TOKENS,
-                self.slot,
-                self.policy,
-                self.workload.eos_ids,
-                self.workload.pad_id,
-            )
+            generate(self.model, self.workload, self.slot, self.policy)
         if common.DEVICE.type == "cuda":
             torch.cuda.synchronize()

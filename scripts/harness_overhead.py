@@ -17,6 +17,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def bare_tokens_per_s(cache: str, stream: str, batch: int, new_tokens: int, roun
     with torch.inference_mode():
         for i in range(warmup + rounds):
             t0 = time.perf_counter()
-            out = generate(model, w.prompts, new_tokens, slot, policy, w.eos_ids, w.pad_id)
+            out = generate(model, replace(w, max_new_tokens=new_tokens), slot, policy)
             dt = time.perf_counter() - t0
             if i >= warmup:
                 rates.append(batch * out.new_tokens / dt)

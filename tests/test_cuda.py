@@ -37,7 +37,7 @@ def test_pipelined_and_deferred_match_baseline_on_cuda_for_batch_1_to_64(cuda_mo
         for stream in ("baseline", "deferred", "pipelined", "nostop"):
             slot = CacheSlot(get_cache(cache), cuda_model, batch, w.prompts.shape[1] + 24)
             with torch.inference_mode():
-                outs[stream] = generate(cuda_model, w.prompts, 24, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+                outs[stream] = generate(cuda_model, replace(w, max_new_tokens=24), slot, get_stop_policy(stream))
         assert outs["baseline"].new_tokens < 24  # a real stop
         assert outs["pipelined"].note == "cuda: 2 streams"
         for stream in ("deferred", "pipelined", "nostop"):
@@ -118,7 +118,7 @@ def _decode_llama(model, stream: str, cache: str, batch: int = 8, sleep_cycles: 
         hook = model.register_forward_pre_hook(lambda *_: torch.cuda._sleep(sleep_cycles))
     try:
         with torch.inference_mode(), no_padding_check(model):
-            out = generate(model, w.prompts, 24, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+            out = generate(model, replace(w, max_new_tokens=24), slot, get_stop_policy(stream))
         torch.cuda.synchronize()
     finally:
         if hook is not None:
@@ -147,7 +147,7 @@ def test_lagged_modes_make_no_synchronizing_call_inside_the_loop(cuda_llama, cac
             w = make_workload(cuda_llama, 8, 24, "none", seed=8)
             slot = CacheSlot(get_cache(cache), cuda_llama, 8, w.prompts.shape[1] + 24)
             with torch.inference_mode(), no_padding_check(cuda_llama):
-                generate(cuda_llama, w.prompts, 24, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+                generate(cuda_llama, replace(w, max_new_tokens=24), slot, get_stop_policy(stream))
         finally:
             torch.cuda.set_sync_debug_mode(0)
 
@@ -163,7 +163,7 @@ def test_the_pipelined_loop_passes_torchs_cuda_sanitizer() -> None:
         "for stream in ('deferred', 'pipelined'):\n"
         "    slot = CacheSlot(get_cache('dynamic'), m, 4, w.prompts.shape[1] + 16)\n"
         "    with torch.inference_mode():\n"
-        "        generate(m, w.prompts, 16, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)\n"
+        "        generate(m, replace(w, max_new_tokens=16), slot, get_stop_policy(stream))\n"
         "torch.cuda.synchronize()\n"
     )
     env = {**os.environ, "TORCH_CUDA_SANITIZER": "1"}

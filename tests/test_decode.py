@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from engine_fixtures import tiny_model  # noqa: F401
@@ -17,7 +19,7 @@ from pytest_decodeperf.engine.spec.workload import Workload, target_steps
 def run(model: PreTrainedModel, w: Workload, cache: str, stream: str, max_len: int | None = None):  # type: ignore[no-untyped-def]
     slot = CacheSlot(get_cache(cache), model, w.batch_size, max_len or w.prompts.shape[1] + w.max_new_tokens)
     with torch.inference_mode():
-        return generate(model, w.prompts, w.max_new_tokens, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+        return generate(model, w, slot, get_stop_policy(stream))
 
 
 def test_rows_finish_at_different_known_steps(tiny_model: PreTrainedModel) -> None:
@@ -135,9 +137,7 @@ def test_a_broken_lagged_policy_trims_the_wrong_step(tiny_model: PreTrainedModel
     w = make_workload(tiny_model, batch_size=4, max_new_tokens=32)
     slot = CacheSlot(get_cache("dynamic"), tiny_model, 4, 36)
     with torch.inference_mode():
-        out = generate(
-            tiny_model, w.prompts, 32, slot, ReadsTwoBack("broken", 1, 1, "test double"), w.eos_ids, w.pad_id
-        )
+        out = generate(tiny_model, replace(w, max_new_tokens=32), slot, ReadsTwoBack("broken", 1, 1, "test double"))
     # It reads the flag of the step it just launched, believes it one step old, and cuts too early.
     assert out.new_tokens < w.expected_steps
     report = check_parity(run(tiny_model, w, "dynamic", "baseline").generated, out.generated, w.eos_ids, "broken")

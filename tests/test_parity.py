@@ -18,7 +18,7 @@ LAGGED = ("deferred", "pipelined", "nostop")
 def _generate(model: PreTrainedModel, w, cache: str, stream: str):  # type: ignore[no-untyped-def]
     slot = CacheSlot(get_cache(cache), model, w.batch_size, w.prompts.shape[1] + w.max_new_tokens)
     with torch.inference_mode():
-        return generate(model, w.prompts, w.max_new_tokens, slot, get_stop_policy(stream), w.eos_ids, w.pad_id)
+        return generate(model, w, slot, get_stop_policy(stream))
 
 
 @pytest.mark.parametrize("stop", ["eos", "none"])

@@ -79,15 +79,17 @@ def test_a_compile_that_falls_back_to_eager_fails_saying_so(runner: Runner, monk
     assert "torch.compile produced no graph at all" in one_line(caught)
 
 
-def test_dynamos_recompile_limit_is_seen_by_the_compile_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dynamos_recompile_limit_is_seen_by_the_compile_counters() -> None:
     """A real hit: a frame recompiled past the limit runs eager from then on, with only a log warning."""
     from pytest_decodeperf.engine.measure.profiling import compile_counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    before = compile_counters()["recompile_limit_hits"]
-    doubled = torch.compile(lambda x: x * 2 + 1, dynamic=False)
-    for n in (2, 3, 4):
-        doubled(torch.ones(n))
+    # config.patch, not monkeypatch: monkeypatch's restore goes through setattr and leaves the option hidden
+    # ("recompile_limit does not exist" in every later compile of the process)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        before = compile_counters()["recompile_limit_hits"]
+        doubled = torch.compile(lambda x: x * 2 + 1, dynamic=False)
+        for n in (2, 3, 4):
+            doubled(torch.ones(n))
     assert compile_counters()["recompile_limit_hits"] > before
 
 
@@ -95,8 +97,8 @@ def test_a_compile_that_hits_the_recompile_limit_fails_saying_so(
     runner: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After >= 1 graph the rest can still go eager: the limit hit during the measurement fails the item."""
-    from pytest_decodeperf.engine import profiling
     from pytest_decodeperf.engine import runner as runner_module
+    from pytest_decodeperf.engine.measure import profiling
 
     hits = iter(range(100))
     real = profiling.compile_counters
@@ -110,7 +112,7 @@ def test_a_compile_that_hits_the_recompile_limit_fails_saying_so(
     with pytest.raises(DecodePerfError) as caught:
         runner.run(Variant("mine", "static", "baseline", 1, 8, compile=True), model)
     assert "torch.compile hit dynamo's recompile limit while measuring" in one_line(caught)
-    assert runner._of(model).compiled == {}  # dynamo keeps a hit frame eager: the next variant compiles afresh
+    assert runner.held.of(model).compiled == {}  # dynamo keeps a hit frame eager: the next variant compiles afresh
 
 
 def test_an_encoder_decoder_is_refused_in_one_line_by_every_mode(runner: Runner) -> None:
@@ -145,7 +147,7 @@ def test_a_new_model_never_inherits_a_freed_models_workload(runner: Runner) -> N
         result = runner.run(Variant("b", "dynamic", "baseline", 2, 8), model)
         assert int(result.workload.prompts.max()) < 120
         assert result.parity is not None and result.parity.ok, str(result.parity)
-    assert len(runner._state) <= 1  # nothing is kept for a freed model
+    assert len(runner.held.state) <= 1  # nothing is kept for a freed model
 
 
 def test_generate_with_stop_none_ignores_the_models_own_eos(runner: Runner) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -365,13 +366,13 @@ def test_the_watch_sees_each_static_layer_allocate_at_its_first_update() -> None
     watch = AllocationWatch(lambda: _rounded(cache)).watch(cache)
     assert watch.result(1) is None  # nothing allocated before the first generation
     with torch.inference_mode():
-        generate(model, w.prompts, 6, slot, get_stop_policy("baseline"), w.eos_ids, w.pad_id)
+        generate(model, replace(w, max_new_tokens=6), slot, get_stop_policy("baseline"))
     analytic = roofline.static_cache_bytes(model.config, torch.float32, 3, 10)
     check = watch.result(analytic)
     assert check is not None and check.layers == model.config.num_hidden_layers
     assert check.matches and check.note() == "" and analytic <= check.allocated <= _rounded(cache)
     with torch.inference_mode():  # a reset cache is reused: no second allocation
-        generate(model, w.prompts, 6, slot, get_stop_policy("baseline"), w.eos_ids, w.pad_id)
+        generate(model, replace(w, max_new_tokens=6), slot, get_stop_policy("baseline"))
     assert watch.result(analytic) == check
 
 

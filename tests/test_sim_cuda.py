@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -38,7 +38,7 @@ def decode(runner: Runner, policy: StopPolicy, cache: str, runtime: DeviceRuntim
     # As the engine calls it: without GPT-2's padding check, whose hidden host read every forward
     # would order the host after every stream and hide the races below.
     with torch.no_grad(), no_padding_check(model):
-        return generate(model, workload.prompts, NEW, slot, policy, workload.eos_ids, workload.pad_id, runtime=runtime)
+        return generate(model, replace(workload, max_new_tokens=NEW), slot, policy, runtime=runtime)
 
 
 def simulated(runner: Runner, policy: StopPolicy, cache: str = "dynamic") -> DecodeOutput:

@@ -9,6 +9,7 @@ asserted.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,14 +20,15 @@ from test_validity import PREFILL_MS, STEP_MS, FakeClock
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine import measure
 from pytest_decodeperf.engine.decode.caches import CacheSlot, get_cache
 from pytest_decodeperf.engine.decode.hidden_syncs import no_padding_check
 from pytest_decodeperf.engine.decode.loop import generate
+from pytest_decodeperf.engine.decode.observe import observers
 from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
 from pytest_decodeperf.engine.device.sim_cuda import SimRuntime
+from pytest_decodeperf.engine.measure import rounds as measure
 from pytest_decodeperf.engine.measure.rounds import Clock, percentile
-from pytest_decodeperf.engine.measure.syncs import SyncCounter
+from pytest_decodeperf.engine.measure.syncs import SyncCounter, SyncObserver
 from pytest_decodeperf.engine.measure.syncs import report as sync_report
 from pytest_decodeperf.report import render_table
 
@@ -138,12 +140,9 @@ def watched_generation(model: PreTrainedModel, stream: str, timed: bool) -> tupl
         timer = Clock(torch.device("cpu"), runtime=sim)
         timer.start()
         before = sim.blocking
-        marks: dict[str, Any] = {"on_prefill": timer.mark_prefill, "on_step": timer.mark_step} if timed else {}
+        watch = observers(SyncObserver(counter), timer if timed else None)
         with counter:
-            out = generate(
-                model, workload.prompts, NEW, slot, get_stop_policy(stream), workload.eos_ids, workload.pad_id,
-                runtime=sim, syncs=counter, **marks,
-            )  # fmt: skip
+            out = generate(model, replace(workload, max_new_tokens=NEW), slot, get_stop_policy(stream), watch, sim)
         inside = (sim.blocking - before, sim.timings_read)
         timer.stop()
         out.tokens = out.tokens.clone()  # read on the caller's stream, after the join

@@ -20,7 +20,7 @@ from engine_fixtures import tiny_model  # noqa: F401
 from transformers import PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
-from pytest_decodeperf.engine import measure
+from pytest_decodeperf.engine.measure import rounds as measure
 
 PREFILL_MS, STEP_MS = 7.0, 2.0
 

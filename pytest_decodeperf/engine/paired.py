@@ -10,7 +10,6 @@ between the two halves of a pair.
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Iterator
 
 import torch
@@ -19,6 +18,7 @@ from transformers import PreTrainedModel
 from .decode.hidden_syncs import no_padding_check
 from .measure.profiling import compile_counters
 from .measure.rounds import Clock, Round, measure
+from .measure.steady import collector_paused, pinned_threads
 from .runner import Runner
 from .spec.checks import check_dtype
 from .spec.variants import Variant
@@ -40,14 +40,8 @@ class PairedRounds:
 
     @contextlib.contextmanager
     def _pinned(self) -> Iterator[None]:
-        before = torch.get_num_threads()
-        if self.runner.threads is not None:
-            torch.set_num_threads(self.runner.threads)
-        try:
-            with no_padding_check(self.model):
-                yield
-        finally:
-            torch.set_num_threads(before)
+        with pinned_threads(self.runner.threads), no_padding_check(self.model):
+            yield
 
     def warm(self) -> None:
         """The runner's warmup rounds (at least one; more while torch.compile still makes graphs)."""
@@ -57,16 +51,11 @@ class PairedRounds:
 
     def round(self) -> dict[str, float]:
         """One timed generation: its metrics (``METRICS``), lower is better."""
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # as timeit does: no collector pause inside the round (a full collect costs more than one)
-        try:
-            with self._pinned(), torch.inference_mode():
-                self._clock.start()
-                out = self._once(self._clock)
-                total, prefill = self._clock.stop()
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        # as timeit does: no collector pause inside the round (a full collect costs more than one)
+        with collector_paused(), self._pinned(), torch.inference_mode():
+            self._clock.start()
+            out = self._once(self._clock)
+            total, prefill = self._clock.stop()
         timed = Round(total, prefill, out)
         metrics = {"ms_per_token": timed.ms_per_token}
         if prefill is not None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ..records import ResultRecord
 from .decode.loop import DecodeOutput
-from .measure.collectives import CollectiveReport
 from .measure.profiling import ProfileStats
 from .measure.rounds import UNSTABLE_PCT, Measurement
 from .measure.syncs import SyncReport
+from .parallel.tensor_parallel import TPInfo
 from .parity.compare import ParityReport
-from .roofline.analytic import StepBytes, achieved
+from .roofline.variant import ROOFLINE_FIELDS, Roofline
 from .spec.models import model_label
 from .spec.variants import Variant
 from .spec.workload import Workload
@@ -22,56 +21,6 @@ from .spec.workload import Workload
 # A variant whose median (or paired ratio to its baseline) is not pinned within +-UNSTABLE_PCT at 95% is
 # not a measurement but noise: the table marks it and never shows its ratio as a clean speedup (pyperf's
 # "the benchmark seems unstable"). More rounds (--decodeperf-max-time) pin it; the spread does not shrink.
-
-
-@dataclass(frozen=True)
-class Roofline:
-    """What a decode step of the variant must move, and what the device can move (engine/roofline/analytic.py)."""
-
-    step: StepBytes | None  # None: the config's KV layout is unknown to the analytic model (see note)
-    bandwidth: float  # bytes/s, the device's measured copy bandwidth
-    kv_cache_bytes: int | None = None  # static cache: its tensors' nbytes after the run
-    kv_cache_bytes_analytic: int | None = None  # a static cache of the variant's length, from the config
-    kv_cache_allocated_bytes: int | None = None  # CUDA, static: the bytes the cache asked the allocator for
-    note: str = ""
-
-    def fields(self, ms_per_step: float) -> dict[str, Any]:
-        """The record's roofline fields; achieved figures are None without a finite decode time."""
-        step = self.step
-        out: dict[str, Any] = {
-            "bytes_per_step": step.total if step else None,
-            "weight_bytes_per_step": step.weights if step else None,
-            "kv_bytes_per_step": step.kv if step else None,
-            "state_bytes_per_step": (step.state or None) if step else None,  # None: no layer holds a state
-            "weight_bytes_resident": step.weights_resident if step else None,
-            "active_experts_per_step": step.active_experts if step else None,
-            "routed_experts": step.routed_experts if step else None,
-            "bandwidth_gb_per_s": self.bandwidth / 1e9,
-            "floor_ms_per_step": None,
-            "achieved_gb_per_s": None,
-            "bw_fraction": None,
-            "times_floor": None,
-            "kv_cache_bytes": self.kv_cache_bytes,
-            "kv_cache_bytes_analytic": self.kv_cache_bytes_analytic,
-            "kv_cache_allocated_bytes": self.kv_cache_allocated_bytes,
-        }
-        if self.step is not None:
-            out["floor_ms_per_step"] = self.step.total / self.bandwidth * 1e3
-            if ms_per_step > 0 and ms_per_step == ms_per_step:  # not NaN: there was a decode step
-                gb_s, fraction, _ = achieved(self.step.total, ms_per_step, self.bandwidth)
-                out["achieved_gb_per_s"], out["bw_fraction"] = gb_s, fraction
-                out["times_floor"] = 1.0 / fraction if fraction > 0 else None
-        return out
-
-
-@dataclass(frozen=True)
-class TPInfo:
-    """The ranks a variant ran on (tensor parallel: ``tensor_parallel.py``)."""
-
-    tp: int  # ranks the model was sharded over
-    world_size: int  # processes in the launch (1: one process)
-    backend: str | None  # the group the model's collectives ran on, nccl or gloo (None: not sharded)
-    collectives: CollectiveReport | None = None  # per decode step, counted in the untimed sync-counting generation
 
 
 @dataclass
@@ -188,22 +137,3 @@ class VariantResult:
             collective_bytes_per_step=c.bytes_per_step if c else None,
             collective_ops=dict(c.by_op) if c else {},
         )
-
-
-ROOFLINE_FIELDS = (
-    "bytes_per_step",
-    "weight_bytes_per_step",
-    "kv_bytes_per_step",
-    "state_bytes_per_step",
-    "weight_bytes_resident",
-    "active_experts_per_step",
-    "routed_experts",
-    "bandwidth_gb_per_s",
-    "floor_ms_per_step",
-    "achieved_gb_per_s",
-    "bw_fraction",
-    "times_floor",
-    "kv_cache_bytes",
-    "kv_cache_bytes_analytic",
-    "kv_cache_allocated_bytes",
-)

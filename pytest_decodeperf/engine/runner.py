@@ -1,70 +1,52 @@
 """Run and measure variants: the engine's front door, used by the plugin, asv and the CLI.
 
-A ``Runner`` builds each zoo model once, makes each workload once, and keeps the baseline's
-tokens per configuration so a variant's parity check never re-times anything.
+A ``Runner`` builds each zoo model once, makes each workload once, and keeps the baseline's tokens per
+configuration so a variant's parity check never re-times anything (``held.py``). Every generation it runs,
+timed or not, goes through one seam (``decode/generation.py``): the variant's ``Generation`` called on the model,
+the request and a cache slot, watched by observers. The timed rounds watch it with the clock, the sync count with
+the sync counter, the roofline's probe with its hooks, the nsys window with the tracer: the same call each time.
 """
 
 from __future__ import annotations
 
 import gc
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import PreTrainedModel
 
 from .decode.caches import CacheSlot, cache_keyword, get_cache
-from .decode.hf_generate import hf_generate
-from .decode.hidden_syncs import accepts_causal_mask, no_padding_check
-from .decode.loop import DecodeOutput, generate
-from .decode.stream_modes import get_stop_policy
+from .decode.generation import Generation, LoopGeneration, generation_for
+from .decode.hidden_syncs import no_padding_check
+from .decode.observe import NULL_OBSERVER, Observer, observers
+from .decode.refusals import loop_refusal
+from .decode.request import DecodeOutput
 from .device.runtime import runtime_for
+from .held import Held, workload_key
 from .measure.counting import count_syncs
 from .measure.nvtx import NULL_TRACER, Tracer
 from .measure.profiling import ProfileStats, compile_counters, profile_generation
 from .measure.rounds import Budget, Clock, Measurement, measure
-from .measure.syncs import SyncCounter, SyncReport
+from .measure.steady import pinned_threads
+from .measure.syncs import SyncReport
 from .parity.compare import ParityReport, check_parity
-from .parity.judge import ignored_cache_refusal, judged_report, loop_refusal
-from .results import Roofline, TPInfo, VariantResult
+from .parity.judge import judged_report
+from .parity.reference import greedy_reference
+from .results import VariantResult
 from .roofline.analytic import MIB, measure_bandwidth
 from .roofline.kv_memory import AllocationWatch
 from .roofline.routing import GenerationProbe, probe_generation
-from .roofline.variant import needs_probe, variant_roofline
+from .roofline.variant import Roofline, needs_probe, variant_roofline
 from .spec.checks import check_compiled, check_drivable, check_dtype
-from .spec.models import build_model, load_tokenizer
 from .spec.variants import Variant
-from .spec.workload import Workload, check_not_degenerate, make_workload
+from .spec.workload import Workload, check_not_degenerate
 
 if TYPE_CHECKING:
     from .measure.collectives import CollectiveCounter
     from .parallel.distributed import RankGroup
 
-
-@dataclass
-class _ModelState:
-    """What the runner keeps per model object: workloads, compiled wrappers, reference tokens."""
-
-    workloads: dict[tuple[Any, ...], Workload] = field(default_factory=dict)
-    compiled: dict[bool | str, Any] = field(default_factory=dict)
-    graphs_before: dict[bool | str, int] = field(default_factory=dict)  # dynamo's graph count at compile time
-    baselines: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
-    references: dict[tuple[Any, ...], tuple[torch.Tensor, str]] = field(default_factory=dict)
-    takes_causal_mask: bool | None = None
-    tokenizer: tuple[Any] | None = None  # (the tokenizer beside the model's checkpoint, or None,), looked up once
-    cache_refusal: tuple[str | None] | None = None  # (why the model cannot be given a cache,), probed once
-
-    def causal_mask(self, model: PreTrainedModel) -> bool:
-        """Whether the cache-less loop may pass a ready causal mask to this model (probed once)."""
-        if self.takes_causal_mask is None:
-            self.takes_causal_mask = accepts_causal_mask(getattr(model, "_orig_mod", model))
-        return self.takes_causal_mask
-
-
-def _workload_key(variant: Variant) -> tuple[Any, ...]:
-    return (variant.batch_size, variant.new_tokens, variant.stop, variant.prompt_len, variant.prompts)
+RunOnce = Callable[[Clock], DecodeOutput]
 
 
 class Runner:
@@ -97,14 +79,12 @@ class Runner:
         # torch's thread count changes CPU timings by tens of percent under load: pinned while
         # measuring when given, and recorded in every record either way.
         self.threads = threads
-        self._models: dict[tuple[str, str, int], PreTrainedModel] = {}
-        # Per model object, never per id(): Python reuses the ids of freed objects, and a new model
-        # must not inherit a freed one's prompts, stops or reference tokens.
-        self._state: weakref.WeakKeyDictionary[PreTrainedModel, _ModelState] = weakref.WeakKeyDictionary()
-        self._last_compiled: weakref.ref[PreTrainedModel] | None = None
+        self.held = Held(self.device, seed)
         self._bandwidth: float | None = None
         self._last_slot: CacheSlot | None = None
         self._last_watch: AllocationWatch | None = None
+
+    # --- what the runner holds ------------------------------------------------------------------------------
 
     @property
     def measured_bandwidth(self) -> float | None:
@@ -118,17 +98,147 @@ class Runner:
             self._bandwidth = measure_bandwidth(self.device, nbytes=size, repeats=5)
         return self._bandwidth
 
+    def model(self, name: str, dtype: str = "float32", tp: int = 1) -> PreTrainedModel:
+        """Zoo model or checkpoint ``name``, built once; ``tp`` > 1: sharded over the ranks (every rank loads it)."""
+        return self.held.model(name, dtype, tp)
+
+    def tokenizer(self, model: PreTrainedModel) -> object:
+        return self.held.tokenizer(model)
+
+    def workload(self, model: PreTrainedModel, variant: Variant) -> Workload:
+        return self.held.workload(model, variant)
+
+    # --- the seam: one generation of a variant --------------------------------------------------------------
+
+    def generation(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> Generation:
+        """The variant's generation; a ready 4-D mask is probed (once per model) only where one would be passed."""
+        ready = False
+        if variant.cache == "none" or workload.attention_mask is not None:
+            ready = self.held.of(model).ready_mask(model)
+        return generation_for(variant.stream, variant.cache, variant.compile, ready)
+
+    def _slot(self, model: PreTrainedModel, variant: Variant) -> CacheSlot:
+        return CacheSlot(get_cache(variant.cache), model, variant.batch_size, variant.prompt_len + variant.new_tokens)
+
+    def once(
+        self,
+        model: PreTrainedModel,
+        variant: Variant,
+        workload: Workload,
+        observer: Observer = NULL_OBSERVER,
+        compiled: bool = False,
+    ) -> DecodeOutput:
+        """One untimed generation of ``variant`` with a fresh cache, watched by ``observer`` (eager unless
+        ``compiled``): what the sync count, the roofline's probe, the nsys window and the references run."""
+        generation = self.generation(model, variant, workload)
+        target = self.held.compiled(model, variant) if compiled and isinstance(generation, LoopGeneration) else model
+        slot = self._slot(target, variant) if generation.uses_slot else None
+        return generation(target, workload, slot, observer)
+
+    def run_once_fn(self, model: PreTrainedModel, variant: Variant, workload: Workload, track: bool = True) -> RunOnce:
+        """One timed generation of ``variant`` as a function of the round's clock (its cache slot kept across rounds).
+
+        ``track``: keep its cache slot (and allocation watch) as the one the roofline and the KV check read;
+        False for the paired baseline, whose cache is not the variant's.
+        """
+        variant.validate(self.device)
+        generation = self.generation(model, variant, workload)
+        # generate() compiles by itself (its CompileConfig) when asked: a torch.compile wrapper would forward
+        # .generate() to the eager model anyway.
+        target = self.held.compiled(model, variant) if isinstance(generation, LoopGeneration) else model
+        slot = self._slot(target, variant) if generation.uses_slot else None
+        if track:
+            self._last_slot, self._last_watch = slot, None
+        requested = runtime_for(self.device).requested_bytes
+        if track and slot is not None and slot.kept is not None and requested() is not None:
+            # what the static cache's layers ask the allocator for when they initialise (first generation)
+            self._last_watch = AllocationWatch(cast(Callable[[], int], requested)).watch(slot.kept)
+        if variant.compile and slot is not None and slot.kept is not None:
+            # Initialise the preallocated cache eagerly, before the compiled model first sees it: inside a trace its
+            # lazy initialisation skips mark_static_address, and CUDA graphs (reduce-overhead) then copy the cache
+            # in and out every step.
+            with torch.no_grad():
+                model(workload.prompts, use_cache=True, **{cache_keyword(model) or "past_key_values": slot.fresh()})
+        tracer = self.tracer.without_window()  # the capture window has its own generation (``_capture_window``)
+
+        def run(clock: Clock) -> DecodeOutput:
+            return generation(target, workload, slot, observers(clock, tracer))
+
+        return run
+
+    # --- references -------------------------------------------------------------------------------------------
+
+    def reference(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> torch.Tensor:
+        """Baseline tokens for ``variant``'s configuration (run once, untimed, if not measured yet)."""
+        baselines = self.held.of(model).baselines
+        key = variant.config_key
+        if key not in baselines:
+            with torch.inference_mode():
+                out = self.once(model, variant.baseline(), workload, compiled=bool(variant.compile))
+            baselines[key] = out.generated.cpu()
+        return baselines[key]
+
+    def generate_reference(
+        self, model: PreTrainedModel, variant: Variant, workload: Workload
+    ) -> tuple[torch.Tensor, str]:
+        """The independent reference for ``variant``'s workload: (tokens [B, N], what made them)
+        (``parity/reference.py``: transformers' generate(), greedy, with the workload's stops)."""
+        refs = self.held.of(model).references
+        key = workload_key(variant)
+        if key not in refs:
+            refs[key] = greedy_reference(model, workload)
+            check_not_degenerate(refs[key][0], workload.eos_ids.cpu(), f"{type(model).__name__} ({variant.stop} stops)")
+        return refs[key]
+
+    # --- untimed generations that count and watch -------------------------------------------------------------
+
+    def count_syncs(
+        self,
+        model: PreTrainedModel,
+        variant: Variant,
+        workload: Workload,
+        budget: int | None,
+        collectives: CollectiveCounter | None = None,
+    ) -> SyncReport | None:
+        """Blocking device reads per decode step of one untimed generation (None under torch.compile)."""
+        if variant.compile:
+            return None
+        generation = self.generation(model, variant, workload)
+        return count_syncs(
+            self.device,
+            model,
+            generation,
+            lambda watch: self.once(model, variant, workload, watch),
+            budget,
+            collectives,
+        )
+
+    def probe(self, model: PreTrainedModel, variant: Variant) -> GenerationProbe:
+        """One untimed generation of ``variant`` (eager, a fresh cache) with the router and cache watch on."""
+        workload = self.workload(model, variant)
+
+        def run() -> DecodeOutput:
+            with torch.inference_mode(), no_padding_check(model):
+                return self.once(model, variant, workload)
+
+        return probe_generation(model, run)
+
+    def _capture_window(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> None:
+        """One dedicated, untimed generation with the nsys capture window open over its chosen steps."""
+        with torch.inference_mode():
+            self.once(model, variant, workload, self.tracer, compiled=True)
+
     def roofline(
         self, model: PreTrainedModel, variant: Variant, output: DecodeOutput, measurement: Measurement | None = None
     ) -> Roofline:
-        """Bytes per decode step of ``variant`` on ``model`` (``variant_roofline.py``), and the KV cache checked.
+        """Bytes per decode step of ``variant`` on ``model`` (``roofline/variant.py``), and the KV cache checked.
 
         A model with MoE layers or a recurrent state gets one more untimed generation, watched: the experts its
-        routers picked and the state its cache holds (``routing.py``).
+        routers picked and the state its cache holds (``roofline/routing.py``).
         """
         probe = self.probe(model, variant) if needs_probe(model) else None
         slot = self._last_slot
-        kept = slot.kept if slot is not None and variant.cache == "static" and not variant.is_hf else None
+        kept = slot.kept if slot is not None and variant.cache == "static" else None
         return variant_roofline(
             model,
             variant,
@@ -140,195 +250,7 @@ class Runner:
             generation_peak=measurement.generation_peak_bytes if measurement is not None else None,
         )
 
-    def probe(self, model: PreTrainedModel, variant: Variant) -> GenerationProbe:
-        """One untimed generation of ``variant`` (eager, a fresh cache) with the router and cache watch on."""
-        workload = self.workload(model, variant)
-
-        def run() -> DecodeOutput:
-            with torch.inference_mode(), no_padding_check(model):
-                if variant.is_hf:
-                    return hf_generate(model, workload, variant.cache, variant.stream == "hf-deferred")
-                return self._loop(model, variant, workload)
-
-        return probe_generation(model, run)
-
-    def model(self, name: str, dtype: str = "float32", tp: int = 1) -> PreTrainedModel:
-        """Zoo model or checkpoint ``name``, built once; ``tp`` > 1: sharded over the ranks (every rank loads it)."""
-        key = (name, dtype, tp)
-        if key not in self._models:
-            if tp > 1:
-                from .parallel.tensor_parallel import load_sharded
-
-                self._models[key] = load_sharded(name, dtype, tp, seed=self.seed)
-            else:
-                self._models[key] = build_model(name, self.device, dtype, seed=self.seed)
-        return self._models[key]
-
-    def _of(self, model: PreTrainedModel) -> _ModelState:
-        return self._state.setdefault(model, _ModelState())
-
-    def tokenizer(self, model: PreTrainedModel) -> Any:
-        """The tokenizer saved beside ``model``'s checkpoint (its ``name_or_path``), or None."""
-        state = self._of(model)
-        if state.tokenizer is None:
-            path = str(getattr(model, "name_or_path", "") or "")
-            state.tokenizer = (load_tokenizer(path) if path else None,)
-        return state.tokenizer[0]
-
-    def workload(self, model: PreTrainedModel, variant: Variant) -> Workload:
-        workloads = self._of(model).workloads
-        key = _workload_key(variant)
-        if key not in workloads:
-            tokenizer = self.tokenizer(model) if variant.prompts == "text" else None
-            workloads[key] = make_workload(
-                model,
-                variant.batch_size,
-                variant.new_tokens,
-                variant.stop,
-                variant.prompt_len,
-                self.seed,
-                variant.prompts,
-                tokenizer,
-            )
-        return workloads[key]
-
-    def _callable(self, model: PreTrainedModel, variant: Variant) -> PreTrainedModel:
-        if not variant.compile:
-            return model
-        state = self._of(model)
-        if variant.compile not in state.compiled:
-            if self._last_compiled is not None and self._last_compiled() is not model:
-                # Dynamo's recompile limit is shared per code object: after a few models, later
-                # ones would silently run eager (0 graphs). Each model starts from a clean slate.
-                torch._dynamo.reset()
-                for other in list(self._state.values()):
-                    other.compiled.clear()
-            self._last_compiled = weakref.ref(model)
-            mode = None if variant.compile is True or variant.compile == "default" else str(variant.compile)
-            state.graphs_before[variant.compile] = compile_counters()["unique_graphs"]
-            state.compiled[variant.compile] = torch.compile(model, mode=mode)
-        compiled: PreTrainedModel = state.compiled[variant.compile]
-        return compiled
-
-    def run_once_fn(
-        self, model: PreTrainedModel, variant: Variant, workload: Workload, track: bool = True
-    ) -> Callable[[Clock], DecodeOutput]:
-        """One generation of ``variant`` as a function of the round's clock.
-
-        ``track``: keep its cache slot (and allocation watch) as the one the roofline and the KV check read;
-        False for the paired baseline, whose cache is not the variant's.
-        """
-        variant.validate(self.device)
-        if variant.is_hf:
-            # generate() compiles by itself (its CompileConfig) when asked; a torch.compile
-            # wrapper would forward .generate() to the eager model anyway.
-            deferred = variant.stream == "hf-deferred"
-
-            def run_hf(clock: Clock) -> DecodeOutput:
-                return hf_generate(
-                    model, workload, variant.cache, deferred, bool(variant.compile), clock.mark_prefill, clock.mark_step
-                )
-
-            return run_hf
-        target = self._callable(model, variant)
-        slot = CacheSlot(get_cache(variant.cache), target, variant.batch_size, variant.prompt_len + variant.new_tokens)
-        requested = runtime_for(self.device).requested_bytes
-        if track:
-            self._last_slot = slot
-            self._last_watch = None
-        if track and slot.kept is not None and requested() is not None:
-            # what the static cache's layers ask the allocator for when they initialise (first generation)
-            self._last_watch = AllocationWatch(cast(Callable[[], int], requested)).watch(slot.kept)
-        if variant.compile and slot.kept is not None:
-            # Initialise the preallocated cache eagerly, before the compiled model first sees it:
-            # inside a trace its lazy initialisation skips mark_static_address, and CUDA graphs
-            # (reduce-overhead) then copy the cache in and out every step.
-            with torch.no_grad():
-                model(workload.prompts, use_cache=True, **{cache_keyword(model) or "past_key_values": slot.fresh()})
-        tracer = self.tracer.without_window()  # the capture window has its own generation (profile_window)
-        if slot.strategy.feeds_full_sequence or workload.attention_mask is not None:
-            self._of(target).causal_mask(target)  # probe once, before any timed round
-
-        def run_loop(clock: Clock) -> DecodeOutput:
-            return self._loop(
-                target, variant, workload, slot, tracer=tracer, on_prefill=clock.mark_prefill, on_step=clock.mark_step
-            )
-
-        return run_loop
-
-    def reference(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> torch.Tensor:
-        """Baseline tokens for ``variant``'s configuration (run once, untimed, if not measured yet)."""
-        baselines = self._of(model).baselines
-        key = variant.config_key
-        if key not in baselines:
-            once = self.run_once_fn(model, variant.baseline(), workload)
-            with torch.inference_mode():
-                baselines[key] = once(Clock(self.device)).generated.cpu()
-        return baselines[key]
-
-    def generate_reference(
-        self, model: PreTrainedModel, variant: Variant, workload: Workload
-    ) -> tuple[torch.Tensor, str]:
-        """The independent reference for ``variant``'s workload: (tokens [B, N], what made them).
-
-        transformers' generate(), greedy, with the workload's stops (``reference.py``); for a model it
-        cannot drive, the decode loop without a cache.
-        """
-        refs = self._of(model).references
-        key = _workload_key(variant)
-        if key not in refs:
-            with torch.inference_mode():
-                try:
-                    out = hf_generate(model, workload, "dynamic")
-                    refs[key] = (out.generated.cpu(), "transformers generate()")
-                except (TypeError, ValueError, AttributeError, NotImplementedError):
-                    plain = replace(variant, cache="none", stream="baseline", compile=False)
-                    out = self._loop(model, plain, workload)
-                    refs[key] = (out.generated.cpu(), "the decode loop without a cache (generate() cannot run it)")
-            check_not_degenerate(refs[key][0], workload.eos_ids.cpu(), f"{type(model).__name__} ({variant.stop} stops)")
-        return refs[key]
-
-    def count_syncs(
-        self,
-        model: PreTrainedModel,
-        variant: Variant,
-        workload: Workload,
-        budget: int | None,
-        collectives: CollectiveCounter | None = None,
-    ) -> SyncReport | None:
-        """Blocking device reads per decode step of one untimed generation (``counting.py``)."""
-
-        def loop(counter: SyncCounter) -> None:
-            self._loop(model, variant, workload, syncs=counter)
-
-        return count_syncs(self.device, model, variant, workload, budget, loop, collectives)
-
-    def _capture_window(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> None:
-        """One dedicated, untimed generation with the nsys capture window open over its chosen steps."""
-        with torch.inference_mode():
-            self._loop(self._callable(model, variant), variant, workload, tracer=self.tracer)
-
-    def _loop(
-        self,
-        model: PreTrainedModel,
-        variant: Variant,
-        workload: Workload,
-        slot: CacheSlot | None = None,
-        **options: Any,
-    ) -> DecodeOutput:
-        """One generation of ``variant``'s workload through the decode loop (a fresh cache unless ``slot``)."""
-        if slot is None:
-            slot = CacheSlot(
-                get_cache(variant.cache), model, variant.batch_size, variant.prompt_len + variant.new_tokens
-            )
-        policy = get_stop_policy(variant.stream)
-        prompts, eos, pad = workload.prompts, workload.eos_ids, workload.pad_id
-        if slot.strategy.feeds_full_sequence:
-            options["causal_mask"] = self._of(model).causal_mask(model)
-        if workload.attention_mask is not None:
-            options["attention_mask"] = workload.attention_mask
-            options["ready_mask"] = self._of(model).causal_mask(model)
-        return generate(model, prompts, workload.max_new_tokens, slot, policy, eos, pad, **options)
+    # --- a variant, measured ----------------------------------------------------------------------------------
 
     def run(
         self,
@@ -339,19 +261,14 @@ class Runner:
     ) -> VariantResult:
         """Measure ``variant`` (on ``model``, else the zoo model it names) and check its parity.
 
-        ``max_syncs_per_step``: hidden blocking reads allowed per decode step (default 0 for the
-        decode loop's modes, not gated for generate()'s); the result says when it is exceeded.
+        ``max_syncs_per_step``: hidden blocking reads allowed per decode step (default 0 for the decode loop's modes
+        and your decoders, not gated for generate()'s); the result says when it is exceeded.
         """
-        before = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        try:
-            with no_padding_check(model if model is not None else self.model(variant.model, variant.dtype, variant.tp)):
-                result = self._run(variant, model, parity, max_syncs_per_step)
+        model = model if model is not None else self.model(variant.model, variant.dtype, variant.tp)
+        with pinned_threads(self.threads), no_padding_check(model):
+            result = self._run(variant, model, parity, max_syncs_per_step)
             result.threads = torch.get_num_threads()
-            return result
-        finally:
-            torch.set_num_threads(before)
+        return result
 
     def _pairable(self, model: PreTrainedModel, variant: Variant) -> bool:
         """Whether ``variant``'s rounds can alternate with its baseline's (then its speedup is paired).
@@ -365,32 +282,24 @@ class Runner:
             return False
         if loop_refusal(model) is not None:
             return False
-        return variant.cache == "none" or self._cache_refusal(model) is None
-
-    def _cache_refusal(self, model: PreTrainedModel) -> str | None:
-        """Why ``model`` ignores a cache it is given (probed once per model object), or None."""
-        state = self._of(model)
-        if state.cache_refusal is None:
-            state.cache_refusal = (ignored_cache_refusal(model),)
-        return state.cache_refusal[0]
+        return variant.cache == "none" or self.held.of(model).refusal(model) is None
 
     def _run(
-        self, variant: Variant, model: PreTrainedModel | None, parity: bool, max_syncs_per_step: int | None
+        self, variant: Variant, model: PreTrainedModel, parity: bool, max_syncs_per_step: int | None
     ) -> VariantResult:
         variant.validate(self.device)
-        model = model if model is not None else self.model(variant.model, variant.dtype, variant.tp)
         check_dtype(model, variant)
         from .parallel.tensor_parallel import Sharded
 
         sharded = Sharded(self.ranks, model, variant) if variant.tp > 1 else None
-        check_drivable(model, variant, lambda: self._cache_refusal(model))
+        check_drivable(model, variant, lambda: self.held.of(model).refusal(model))
         workload = self.workload(model, variant)
         once = self.run_once_fn(model, variant, workload)
         reference = None
         if self._pairable(model, variant):
             base = variant.baseline()
 
-            def reference() -> Callable[[Clock], DecodeOutput]:  # made in measure(), dropped before its memory round
+            def reference() -> RunOnce:  # made in measure(), dropped before its memory round
                 return self.run_once_fn(model, base, workload, track=False)
 
         profile: ProfileStats | None = None
@@ -401,20 +310,11 @@ class Runner:
             combine = sharded.ranks.slowest if sharded is not None else None  # each round: the slowest rank's
             measurement = measure(once, self.device, self.budget, warmup, settled, reference=reference, combine=combine)
             if variant.compile:
-                after = compile_counters()
-                measurement.compile_stats = {k: after.get(k, 0) - graphs_before.get(k, 0) for k in after}
-                if measurement.compile_stats.get("recompile_limit_hits", 0) > 0:
-                    # Dynamo keeps the frame eager for good once the limit is hit: the wrapper is dropped and
-                    # dynamo reset, so the next variant compiles afresh instead of inheriting an eager frame.
-                    self._of(model).compiled.pop(variant.compile, None)
-                    torch._dynamo.reset()
-                check_compiled(
-                    variant, measurement.compile_stats, after, self._of(model).graphs_before.get(variant.compile)
-                )
+                self._compiled_ran(model, variant, measurement, graphs_before)
             if self.profile_gpu:
                 with torch.inference_mode():
                     profile = profile_generation(lambda: once(Clock(self.device)), self.device)
-            if self.tracer.profile_steps is not None and not variant.is_hf:
+            if self.tracer.profile_steps is not None:
                 self._capture_window(model, variant, workload)
             roofline = self.roofline(model, variant, measurement.last, measurement)  # may run a watched generation
         except torch.OutOfMemoryError:
@@ -424,15 +324,33 @@ class Runner:
         counter = sharded.counter if sharded is not None else None
         syncs = self.count_syncs(model, variant, workload, max_syncs_per_step, counter)
         generated = measurement.last.generated.cpu()
-        tp = TPInfo(1, self.ranks.world_size, None) if self.ranks is not None else None
+        tp = None
+        if self.ranks is not None:
+            from .parallel.tensor_parallel import TPInfo
+
+            tp = TPInfo(1, self.ranks.world_size, None)
         if sharded is not None:  # the worst rank's counts, every rank's tokens compared, the roofline per rank
             syncs, roofline, tp = sharded.finish(syncs, roofline, generated)
         report: ParityReport | None = None
         if variant.stream == "baseline":
-            self._of(model).baselines.setdefault(variant.config_key, generated)
+            self.held.of(model).baselines.setdefault(variant.config_key, generated)
         if parity:
             report = self.parity(model, variant, workload, generated)
         return VariantResult(variant, self.device, workload, measurement, report, profile, roofline, syncs, tp=tp)
+
+    def _compiled_ran(
+        self, model: PreTrainedModel, variant: Variant, measurement: Measurement, before: dict[str, int]
+    ) -> None:
+        """A compiled variant's dynamo counters over its rounds, and the refusal of a partly eager figure."""
+        after = compile_counters()
+        measurement.compile_stats = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        state = self.held.of(model)
+        if measurement.compile_stats.get("recompile_limit_hits", 0) > 0:
+            # Dynamo keeps the frame eager for good once the limit is hit: the wrapper is dropped and dynamo
+            # reset, so the next variant compiles afresh instead of inheriting an eager frame.
+            state.compiled.pop(variant.compile, None)
+            torch._dynamo.reset()
+        check_compiled(variant, measurement.compile_stats, after, state.graphs_before.get(variant.compile))
 
     def parity(
         self, model: PreTrainedModel, variant: Variant, workload: Workload, generated: torch.Tensor
@@ -450,9 +368,7 @@ class Runner:
 
     def release(self) -> None:
         """Drop cached tensors and return freed device memory (after an OOM, or at the end)."""
-        for state in self._state.values():
-            state.baselines.clear()
-            state.references.clear()
+        self.held.forget_tokens()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -8,7 +8,7 @@ for cuda); this mode is how that gain is measured.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -16,9 +16,9 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation import utils as gen_utils
 
 from ...errors import DecodePerfError
-from ..parity.judge import model_eos_cleared
-from ..spec.workload import Workload
-from .loop import DecodeOutput
+from .observe import NULL_OBSERVER, ForwardSteps, Observer
+from .refusals import model_eos_cleared
+from .request import DecodeOutput, Request
 
 # cache type -> generate() arguments
 _CACHE_ARGS: dict[str, dict[str, Any]] = {
@@ -51,57 +51,57 @@ def deferred_stop_check_forced() -> Iterator[None]:
         deferred.is_supported = original
 
 
-def _mask(workload: Workload) -> torch.Tensor:
-    """The workload's padding mask, or all ones (pad == eos == bos for GPT-2: generate() would guess)."""
-    return workload.attention_mask if workload.attention_mask is not None else torch.ones_like(workload.prompts)
+def _mask(request: Request) -> torch.Tensor:
+    """The request's padding mask, or all ones (pad == eos == bos for GPT-2: generate() would guess)."""
+    return request.attention_mask if request.attention_mask is not None else torch.ones_like(request.prompts)
+
+
+def generation_config(request: Request, cache: str, compile: bool = False, **extra: Any) -> GenerationConfig:
+    """Greedy, the request's length and stops (none: exactly its length), ``cache``'s implementation."""
+    if cache not in _CACHE_ARGS:
+        raise DecodePerfError(f"cache type {cache!r} has no generate() equivalent; use one of {sorted(_CACHE_ARGS)}")
+    eos = request.eos_ids.tolist()
+    return GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=request.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos if eos else None,
+        pad_token_id=request.pad_id,
+        disable_compile=not compile,
+        **_CACHE_ARGS[cache],
+        **extra,
+    )
 
 
 def hf_generate(
     model: PreTrainedModel,
-    workload: Workload,
+    request: Request,
     cache: str,
     deferred: bool = False,
     compile: bool = False,
-    on_prefill: Callable[[], None] | None = None,
-    on_step: Callable[[], None] | None = None,
+    observer: Observer = NULL_OBSERVER,
+    **generate_kwargs: Any,
 ) -> DecodeOutput:
-    """Greedy generate() on the workload's prompts; steps are counted (and marked) with a forward hook."""
-    if cache not in _CACHE_ARGS:
-        raise DecodePerfError(f"cache type {cache!r} has no generate() equivalent; use one of {sorted(_CACHE_ARGS)}")
-    eos = workload.eos_ids.tolist()
-    config = GenerationConfig(  # type: ignore[no-untyped-call]
-        max_new_tokens=workload.max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=eos if eos else None,
-        pad_token_id=workload.pad_id,
-        disable_compile=not compile,
-        **_CACHE_ARGS[cache],
-    )
-    calls = 0
-
-    def count(_module: torch.nn.Module, _args: Any, _out: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1 and on_prefill is not None:
-            on_prefill()
-        elif calls > 1 and on_step is not None:
-            on_step()
-
-    prompts = workload.prompts
-    handle = model.register_forward_hook(count)
-    try:
-        # The workload's stops are the only ones: generate() would fall back to the model's own EOS.
-        with deferred_stop_check_forced() if deferred else contextlib.nullcontext(), model_eos_cleared(model):
-            sequences = cast(Any, model).generate(prompts, attention_mask=_mask(workload), generation_config=config)
-    finally:
-        handle.remove()
+    """Greedy generate() on the request's prompts; each forward of the model is a step (``ForwardSteps``), which
+    ``observer`` hears. ``generate_kwargs`` go to generate() (a draft model, prompt lookup)."""
+    config = generation_config(request, cache, compile)
+    prompts = request.prompts
+    # The request's stops are the only ones: generate() would fall back to the model's own EOS.
+    with (
+        ForwardSteps(model, observer) as steps,
+        deferred_stop_check_forced() if deferred else contextlib.nullcontext(),
+        model_eos_cleared(model),
+    ):
+        sequences = cast(Any, model).generate(
+            prompts, attention_mask=_mask(request), generation_config=config, **generate_kwargs
+        )
+    calls = steps.forwards
     kept = int(sequences.shape[1]) - int(prompts.shape[1])
     return DecodeOutput(
         tokens=sequences,
         prompt_len=int(prompts.shape[1]),
         steps=calls,
-        extra_steps=calls - kept,
+        extra_steps=max(calls - kept, 0),
         host_reads=calls if not deferred else max(calls - 1, 0),
         note="transformers generate()" + (" with DeferredStopCheck forced on" if deferred else ""),
     )

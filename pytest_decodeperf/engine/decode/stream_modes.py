@@ -34,6 +34,7 @@ import torch
 
 from ...errors import DecodePerfError, check_choice
 from ..device.runtime import DeviceRuntime, runtime_for
+from .custom import DECODERS
 
 
 @dataclass(frozen=True)
@@ -168,13 +169,21 @@ def register_stop_policy(policy: StopPolicy) -> StopPolicy:
 
 
 def check_stream_mode(name: str) -> str:
-    """Validate a stream-mode name against the engine's policies and the generate() modes."""
+    """Validate a stream-mode name against the engine's policies, the generate() modes and the decoders registered
+    with ``@decoder`` (a decoder may not take a built-in's name)."""
+    clash = sorted(set(DECODERS) & (set(STOP_POLICIES) | set(HF_MODES)))
+    if clash:
+        raise DecodePerfError(
+            f"decoder {clash[0]!r} ({DECODERS[clash[0]].where}) takes the name of a built-in stream mode; rename it"
+        )
     return check_choice("stream mode", name, stream_mode_names())
 
 
 def get_stop_policy(name: str) -> StopPolicy:
     if name in HF_MODES:
         raise DecodePerfError(f"stream mode {name!r} is run by transformers' generate(), not the decode loop")
+    if name in DECODERS:
+        raise DecodePerfError(f"stream mode {name!r} is a decoder of yours ({DECODERS[name].where}), not a stop policy")
     return STOP_POLICIES[check_stream_mode(name)]
 
 
@@ -193,4 +202,5 @@ HF_MODES: dict[str, str] = {
 
 
 def stream_mode_names() -> list[str]:
-    return list(STOP_POLICIES) + list(HF_MODES)
+    """Every stream mode: the loop's stop policies, generate()'s modes, then the decoders registered so far."""
+    return list(STOP_POLICIES) + list(HF_MODES) + [name for name in DECODERS if name not in STOP_POLICIES]

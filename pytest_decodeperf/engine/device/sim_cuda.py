@@ -24,17 +24,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.cuda import _sanitizer as csan
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import dispatch
+from .dispatch import OpWatch
 
 _FACTORY = re.compile(
     r"^(aten::)?(empty|empty_like|empty_strided|full|zeros|ones|rand|randn|arange|tensor|scalar_tensor)"
 )
 _ids = itertools.count(1)
+_WATCHERS = {__file__, dispatch.__file__}  # the simulator's own frames, never where an access was made
 
 
 class SimulatedRaceError(RuntimeError):
@@ -72,21 +75,14 @@ class _Arguments(csan.ArgumentHandler):
             self.outputs.add(data_ptr)
 
 
-class _Watch(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
+class _Watch(OpWatch):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
     """Every op is a kernel launch on the runtime's current stream."""
 
     def __init__(self, runtime: SimRuntime) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self.runtime = runtime
 
-    def __torch_dispatch__(
-        self,
-        func: torch._ops.OpOverload,
-        types: Sequence[type],
-        args: Sequence[object] = (),
-        kwargs: Mapping[str, object] | None = None,
-    ) -> object:
-        kw = dict(kwargs or {})
+    def op(self, func: torch._ops.OpOverload, args: Sequence[object], kw: dict[str, object]) -> object:
         if func is torch.ops.aten._local_scalar_dense.default:
             tensor = args[0]
             assert isinstance(tensor, torch.Tensor)
@@ -119,7 +115,7 @@ def _describe(error: csan.SynchronizationError, names: dict[int, str]) -> str:
     now, before = error.current_access, error.previous_access
 
     def where(access: csan.Access) -> str:
-        frames = [f for f in access.stack_trace if "/torch/" not in f.filename and f.filename != __file__]
+        frames = [f for f in access.stack_trace if "/torch/" not in f.filename and f.filename not in _WATCHERS]
         frame = frames[-1] if frames else None
         return f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
 

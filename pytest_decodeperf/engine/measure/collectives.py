@@ -4,7 +4,7 @@ Counted, not assumed: like ``syncs.py`` counts blocking reads, a ``TorchDispatch
 untimed generation, and the ops of torch.distributed's two namespaces are the collectives: ``c10d``
 (``dist.all_reduce`` and friends, what transformers' row-wise layers call on the inference path) and
 ``_c10d_functional`` (DTensor's redistributions, e.g. the LM head's all-gather). Their waits and autograd
-wrappers are not collectives. A forward pre-hook on the model marks the steps: forward 0 is the prefill,
+wrappers are not collectives. The generation's observer marks the steps (``decode/observe.py``): step 0 is the prefill,
 each later forward one decode step, as in the decode loop and in generate().
 
 The bytes are each collective's payload on one rank: the tensor reduced, broadcast or scattered, and for an
@@ -15,13 +15,15 @@ sends about twice the payload); the payload is what the roofline adds to a step'
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from ..decode.observe import Observer
+from ..device.dispatch import OpWatch
 
 __all__ = ["CollectiveCounter", "CollectiveReport"]
 
@@ -69,14 +71,19 @@ class CollectiveReport:
         return " + ".join(f"{n:.3g} {op}" for op, n in sorted(self.by_op.items())) or "none"
 
 
-class CollectiveCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
-    """``with CollectiveCounter().watching(model) as counter:`` one generation, then ``counter.report()``."""
+class CollectiveCounter(OpWatch, Observer):
+    """Counts one generation's collectives per step: ``with counter:`` around it, the counter among its observers
+    (``begin_step`` tells it the step), then ``counter.report()``. ``watching(model)``: steps from ``model``'s
+    forwards instead, for a generation run without observers."""
 
     def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.forward = -1  # forwards seen so far - 1: the step the next collective belongs to
+        super().__init__()
+        self.forward = -1  # the step the next collective belongs to (-1: before the first)
         self.events: list[tuple[int, str, int]] = []  # (forward, kind, payload bytes)
         self._hook: Any = None
+
+    def begin_step(self, step: int) -> None:
+        self.forward = step
 
     def watching(self, model: torch.nn.Module) -> CollectiveCounter:
         """Mark a step at each of ``model``'s forwards (removed when the ``with`` ends)."""
@@ -95,14 +102,7 @@ class CollectiveCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]  # 
                 self._hook.remove()
                 self._hook = None
 
-    def __torch_dispatch__(
-        self,
-        func: torch._ops.OpOverload,
-        types: Sequence[type],
-        args: Sequence[object] = (),
-        kwargs: Mapping[str, object] | None = None,
-    ) -> object:
-        kw = dict(kwargs or {})
+    def op(self, func: torch._ops.OpOverload, args: Sequence[object], kw: dict[str, object]) -> object:
         out = func(*args, **kw)
         namespace, _, name = func._schema.name.partition("::")
         if namespace in _NAMESPACES and name not in _NOT_COLLECTIVES:

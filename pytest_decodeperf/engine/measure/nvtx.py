@@ -14,6 +14,7 @@ from typing import Any, cast
 import torch
 
 from ...errors import DecodePerfError
+from ..decode.observe import Observer
 
 try:  # optional: the ranges are no-ops without it
     import nvtx as _nvtx
@@ -27,8 +28,8 @@ def nvtx_available() -> bool:
     return _nvtx is not None
 
 
-class Tracer:
-    """Per-step annotation hooks for the decode loop; a disabled tracer costs one attribute read."""
+class Tracer(Observer):
+    """Per-step annotation hooks on a generation (an observer); a disabled tracer costs one attribute read."""
 
     def __init__(
         self,
@@ -54,6 +55,9 @@ class Tracer:
             return _NULL
         assert _nvtx is not None
         return cast("contextlib.AbstractContextManager[Any]", _nvtx.annotate(name, color=color))
+
+    def begin_step(self, step: int) -> None:
+        self.on_step(step)
 
     def on_step(self, step: int) -> None:
         """Open or close the cudaProfilerApi window at its boundary steps."""

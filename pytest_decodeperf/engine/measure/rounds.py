@@ -30,12 +30,17 @@ from typing import Any
 
 import torch
 
-from ..decode.loop import DecodeOutput
+from ..decode.observe import Observer
+from ..decode.request import DecodeOutput
 from ..device.runtime import DeviceRuntime, runtime_for
+from .stats import half_width_pct, median_interval, percentile
+from .steady import collector_paused
 
 
-class Clock:
+class Clock(Observer):
     """Marks start, end of prefill, end of each decode step, and end of one generation on ``device``.
+
+    An observer of the generation (``decode/observe.py``): a step's ``launched`` is its mark.
 
     CUDA's events come from the device runtime (``device_runtime.py``): start, prefill and end fresh
     each round, so a round that never marks its prefill cannot read the previous round's mark; the
@@ -63,6 +68,12 @@ class Clock:
         else:
             self._step_t = []
             self._t = [time.perf_counter()]
+
+    def launched(self, step: int) -> None:
+        if step == 0:
+            self.mark_prefill()
+        else:
+            self.mark_step()
 
     def mark_prefill(self) -> None:
         """Called on the prefill's stream right after the prefill is launched."""
@@ -144,32 +155,6 @@ TARGET_PCT = 2.0  # rounds go on while the median's 95% interval is wider than +
 UNSTABLE_PCT = 5.0  # wider than +-this at the end: the median is not a measurement (pyperf's "unstable")
 
 
-def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(median, lo, hi)``: the median with a distribution-free interval from order statistics.
-
-    ``[x_(l), x_(n-l+1)]`` with the largest ``l`` whose binomial tail ``P(Bin(n, 1/2) < l)`` is at most
-    ``(1 - confidence) / 2``; below 6 values no such ``l`` exists and the interval is the whole range
-    (93.75% at 5). NaN for no values.
-    """
-    xs = sorted(v for v in values if v == v)
-    n = len(xs)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    tail, below, lower = (1.0 - confidence) / 2.0, 0.0, 1
-    for k in range(n):  # below = P(X <= k)
-        below += math.comb(n, k) / 2.0**n
-        if below > tail:
-            lower = max(1, k)  # P(X < k) <= tail: order statistic k (1-based) is the lower end
-            break
-    return float(statistics.median(xs)), xs[lower - 1], xs[n - lower]
-
-
-def half_width_pct(values: Sequence[float]) -> float:
-    """Half the width of the median's 95% interval, in percent of the median (inf below 2 values)."""
-    med, lo, hi = median_interval(values)
-    return 100.0 * (hi - lo) / (2.0 * med) if len(values) >= 2 and med > 0 else math.inf
-
-
 @dataclass
 class Measurement:
     rounds: list[Round]
@@ -243,16 +228,6 @@ class Measurement:
         return max(values) if values else None
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100), linear between the closest ranks (numpy's default, ``method="linear"``)."""
-    if not values or not 0 <= q <= 100:
-        raise ValueError("percentile needs values and 0 <= q <= 100")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 RunOnce = Callable[[Clock], DecodeOutput]
 # Figures of this rank in, the same figures as the slowest rank saw them out (each the max over ranks); called
 # after a round, never inside it (distributed.RankGroup.slowest). None: one process.
@@ -319,16 +294,10 @@ def measure(
     # generations (what the previous variant left; cheap), and on CUDA all of them, since cyclic garbage
     # holding device tensors would count in the memory round (a full collect costs ~0.2 s on CPU, more than
     # a tiny variant's rounds: the test suite runs hundreds).
-    gc_was_enabled = gc.isenabled()
-    gc.collect(2 if cuda else 1)
-    gc.disable()
-    try:
+    with collector_paused(collect=2 if cuda else 1):
         return _measure(
             run_once, clock, cuda, device, budget, warmup, settled, max_extra_warmup, warm, reference, combine
         )
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _measure(

@@ -29,6 +29,7 @@ tensor to the device). On a non-CPU counter those are decided by the tensors' de
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,9 +40,12 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["StepCount", "SyncCounter", "SyncEvent", "SyncReport", "report"]
+from ..decode.observe import Observer
+from ..device import dispatch
+from ..device.dispatch import OpWatch
+
+__all__ = ["StepCount", "SyncCounter", "SyncEvent", "SyncObserver", "SyncReport", "report"]
 
 Kind = Literal["read", "d2h", "h2d"]
 
@@ -55,6 +59,7 @@ _READ_OPS: dict[torch._ops.OpOverloadPacket, str] = {
 }
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _THIS_FILE = os.path.abspath(__file__)
+_WATCHERS = {_THIS_FILE, os.path.abspath(dispatch.__file__)}  # the counter's own frames, never a site
 _HOST = torch.device("cpu")
 
 
@@ -90,7 +95,7 @@ def _site() -> str:
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_TORCH_DIR) and filename != _THIS_FILE:
+        if not filename.startswith(_TORCH_DIR) and filename not in _WATCHERS:
             return f"{_short(filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>:0"
@@ -135,7 +140,7 @@ class _FunctionLevel(TorchFunctionMode):
         return result
 
 
-class SyncCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
+class SyncCounter(OpWatch):
     """Counts host-blocking device reads, per decode step, attributed to the calling ``file:line``.
 
     ``device`` is the compute device the loop runs on; copies are counted when they move data
@@ -145,9 +150,11 @@ class SyncCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch'
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self.device = torch.device(device)
         self.events: list[SyncEvent] = []
+        # Decides whether a read no region declared is the generation's own stop check (``SyncObserver``).
+        self.declare: Callable[[bool], bool] | None = None
         self._step: int | None = None
         self._last_step = -1
         self._declared = 0
@@ -245,21 +252,18 @@ class SyncCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch'
             return "lift_fresh", "h2d"
         return None
 
-    def _record(self, op: str, kind: Kind) -> None:
-        self.events.append(SyncEvent(op, kind, _site(), self._step, self._declared > 0))
+    def _record(self, op: str, kind: Kind, flag: bool = False) -> None:
+        """One read; ``flag``: of a one-element bool tensor (what a stop check reads)."""
+        declared = self._declared > 0 or (self.declare is not None and self.declare(flag))
+        self.events.append(SyncEvent(op, kind, _site(), self._step, declared))
 
-    def __torch_dispatch__(
-        self,
-        func: torch._ops.OpOverload,
-        types: Sequence[type],
-        args: Sequence[object] = (),
-        kwargs: Mapping[str, object] | None = None,
-    ) -> object:
-        kw = dict(kwargs or {})
+    def op(self, func: torch._ops.OpOverload, args: Sequence[object], kw: dict[str, object]) -> object:
         if self._suppress == 0:
             hit = self._classify_aten(func, args, kw)
             if hit is not None:
-                self._record(hit[0], hit[1])
+                first = args[0] if args else None
+                flag = isinstance(first, torch.Tensor) and first.dtype == torch.bool and first.numel() == 1
+                self._record(hit[0], hit[1], flag)
         return func(*args, **kw)
 
     # -- reports -------------------------------------------------------------------------------
@@ -380,3 +384,41 @@ class _StepScope:
         exc_tb: TracebackType | None,
     ) -> None:
         self.counter._step = self.previous
+
+
+class SyncObserver(Observer):
+    """A generation's steps and stop check, told to ``counter``.
+
+    The plugin's loop declares its stop check itself (``stop_check``). A generation observed through forward hooks
+    cannot: for it, ``stop_reads`` (a decoder of yours: ``@decoder(stop_reads=...)``) says how many reads a step
+    of a one-element bool tensor, outside the model's forward, are its stop check; every other read is hidden.
+    None: no read of it is declared (transformers' generate(): its stop check counts as hidden, reported).
+    """
+
+    def __init__(self, counter: SyncCounter, stop_reads: int | None = None):
+        self.counter = counter
+        self.stop_reads = stop_reads
+        self.in_forward = False
+        self._declared_in_step = 0
+        if stop_reads is not None:
+            counter.declare = self._is_stop_check
+
+    def _is_stop_check(self, flag: bool) -> bool:
+        if self.stop_reads is None or self.in_forward or not flag or self._declared_in_step >= self.stop_reads:
+            return False
+        self._declared_in_step += 1
+        return True
+
+    def begin_step(self, step: int) -> None:
+        self.counter.step(step)
+        self.in_forward = self.stop_reads is not None  # hook-observed: begin_step is the forward's pre-hook
+        self._declared_in_step = 0
+
+    def launched(self, step: int) -> None:
+        self.in_forward = False
+
+    def stop_check(self) -> contextlib.AbstractContextManager[None]:
+        return self.counter.declared()
+
+    def end(self) -> None:
+        self.counter.outside()

@@ -30,13 +30,23 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from ...errors import DecodePerfError
 from ..measure.collectives import CollectiveCounter, CollectiveReport
 from ..measure.syncs import SyncReport
-from ..results import Roofline, TPInfo
 from ..roofline.analytic import StepBytes
+from ..roofline.variant import Roofline
 from ..spec.models import MODELS, build_model, is_checkpoint, resolve_dtype
 from ..spec.variants import Variant
 from .distributed import RankGroup
 
 __all__ = ["Sharded", "ShardedStep", "load_sharded", "model_config", "shard_refusal", "sharded_roofline", "shards"]
+
+
+@dataclass(frozen=True)
+class TPInfo:
+    """The ranks a variant ran on (tensor parallel: ``tensor_parallel.py``)."""
+
+    tp: int  # ranks the model was sharded over
+    world_size: int  # processes in the launch (1: one process)
+    backend: str | None  # the group the model's collectives ran on, nccl or gloo (None: not sharded)
+    collectives: CollectiveReport | None = None  # per decode step, counted in the untimed sync-counting generation
 
 
 def model_config(name: str) -> PreTrainedConfig:

@@ -11,18 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..decode.request import row_lengths
+
+__all__ = ["Divergence", "ParityReport", "check_parity", "row_lengths"]
+
 MAX_ROWS_SHOWN = 5
-
-
-def row_lengths(generated: torch.Tensor, eos_ids: list[int] | torch.Tensor) -> tuple[int, ...]:
-    """Per-row generated length up to and including the first EOS (full width if none)."""
-    eos = torch.as_tensor(eos_ids, dtype=torch.long).to(generated.device)
-    is_eos = torch.isin(generated, eos)
-    width = int(generated.shape[1])
-    first = torch.where(
-        is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, torch.full_like(is_eos[:, 0], width, dtype=torch.long)
-    )
-    return tuple(int(x) for x in first.tolist())
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,85 @@ CUDA what it asked the allocator for (``kv_memory.py``); a mismatch is the varia
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedModel
 
-from ..results import Roofline
 from ..spec.variants import Variant
-from .analytic import cache_state_bytes, cache_tensor_bytes, decode_bytes, has_state_layers, static_cache_bytes
+from .analytic import (
+    StepBytes,
+    achieved,
+    cache_state_bytes,
+    cache_tensor_bytes,
+    decode_bytes,
+    has_state_layers,
+    static_cache_bytes,
+)
 from .kv_memory import AllocationWatch
 from .routing import GenerationProbe
 from .weights import expert_modules
 
-__all__ = ["needs_probe", "variant_roofline"]
+__all__ = ["ROOFLINE_FIELDS", "Roofline", "needs_probe", "variant_roofline"]
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """What a decode step of the variant must move, and what the device can move (engine/roofline/analytic.py)."""
+
+    step: StepBytes | None  # None: the config's KV layout is unknown to the analytic model (see note)
+    bandwidth: float  # bytes/s, the device's measured copy bandwidth
+    kv_cache_bytes: int | None = None  # static cache: its tensors' nbytes after the run
+    kv_cache_bytes_analytic: int | None = None  # a static cache of the variant's length, from the config
+    kv_cache_allocated_bytes: int | None = None  # CUDA, static: the bytes the cache asked the allocator for
+    note: str = ""
+
+    def fields(self, ms_per_step: float) -> dict[str, Any]:
+        """The record's roofline fields; achieved figures are None without a finite decode time."""
+        step = self.step
+        out: dict[str, Any] = {
+            "bytes_per_step": step.total if step else None,
+            "weight_bytes_per_step": step.weights if step else None,
+            "kv_bytes_per_step": step.kv if step else None,
+            "state_bytes_per_step": (step.state or None) if step else None,  # None: no layer holds a state
+            "weight_bytes_resident": step.weights_resident if step else None,
+            "active_experts_per_step": step.active_experts if step else None,
+            "routed_experts": step.routed_experts if step else None,
+            "bandwidth_gb_per_s": self.bandwidth / 1e9,
+            "floor_ms_per_step": None,
+            "achieved_gb_per_s": None,
+            "bw_fraction": None,
+            "times_floor": None,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "kv_cache_bytes_analytic": self.kv_cache_bytes_analytic,
+            "kv_cache_allocated_bytes": self.kv_cache_allocated_bytes,
+        }
+        if self.step is not None:
+            out["floor_ms_per_step"] = self.step.total / self.bandwidth * 1e3
+            if ms_per_step > 0 and ms_per_step == ms_per_step:  # not NaN: there was a decode step
+                gb_s, fraction, _ = achieved(self.step.total, ms_per_step, self.bandwidth)
+                out["achieved_gb_per_s"], out["bw_fraction"] = gb_s, fraction
+                out["times_floor"] = 1.0 / fraction if fraction > 0 else None
+        return out
+
+
+ROOFLINE_FIELDS = (
+    "bytes_per_step",
+    "weight_bytes_per_step",
+    "kv_bytes_per_step",
+    "state_bytes_per_step",
+    "weight_bytes_resident",
+    "active_experts_per_step",
+    "routed_experts",
+    "bandwidth_gb_per_s",
+    "floor_ms_per_step",
+    "achieved_gb_per_s",
+    "bw_fraction",
+    "times_floor",
+    "kv_cache_bytes",
+    "kv_cache_bytes_analytic",
+    "kv_cache_allocated_bytes",
+)
 
 
 def needs_probe(model: PreTrainedModel) -> bool:

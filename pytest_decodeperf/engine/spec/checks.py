@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ...errors import DecodePerfError
-from ..parity.judge import loop_refusal
+from ..decode.refusals import loop_refusal
 from .models import DTYPES
 from .variants import Variant
 

@@ -9,6 +9,7 @@ import torch
 
 from ...errors import DecodePerfError, check_choice, check_positive
 from ..decode.caches import CACHES, get_cache
+from ..decode.custom import DECODERS
 from ..decode.stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
 from .models import DTYPES, model_label
 from .workload import DEFAULT_PROMPT_LEN, PROMPTS, STOPS
@@ -95,6 +96,11 @@ class Variant:
             if self.stream in STOP_POLICIES and not STOP_POLICIES[self.stream].supports(dev):
                 raise DecodePerfError(
                     f"stream mode {self.stream!r} cannot run on device {dev.type!r}; it runs on cpu and cuda"
+                )
+            if self.compile and self.stream in DECODERS:
+                raise DecodePerfError(
+                    f"stream mode {self.stream!r} is a decoder of yours: compile inside it (compile= applies to the "
+                    "plugin's loop; the forward hooks that time your steps cannot see into a compiled model)"
                 )
             if self.stream == "hf-deferred" and dev.type != "cuda":
                 raise DecodePerfError(

@@ -17,12 +17,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ...errors import DecodePerfError, check_choice, check_positive
-from ..decode.caches import CacheSlot, get_cache
-from ..decode.loop import generate
 from ..decode.masks import left_pad
-from ..decode.stream_modes import get_stop_policy
-from ..parity.compare import row_lengths
-from ..parity.judge import loop_refusal, model_eos_cleared
+from ..decode.request import Request, row_lengths
+from ..parity.reference import greedy_reference
 from .models import pad_token_id, vocab_size
 
 STOPS = ("eos", "none")
@@ -39,21 +36,13 @@ def default_prompt_lens(device: torch.device | str) -> tuple[int, ...]:
     return CUDA_PROMPT_LENS if torch.device(device).type == "cuda" else (DEFAULT_PROMPT_LEN,)
 
 
-@dataclass(frozen=True)
-class Workload:
-    """The inputs of one variant: prompts [B, P], stop tokens, pad, and the expected row lengths."""
+@dataclass(frozen=True, kw_only=True)
+class Workload(Request):
+    """The inputs of one variant (a ``Request``: prompts [B, P], stop tokens, pad, length, padding mask), and how
+    its stops were made: ``stop`` (eos: real EOS tokens at known steps; none) and each row's expected length."""
 
-    prompts: torch.Tensor
-    eos_ids: torch.Tensor
-    pad_id: int
-    max_new_tokens: int
-    stop: str
-    expected_lengths: tuple[int, ...]
-    attention_mask: torch.Tensor | None = None  # [B, P], 1 = real token; None: no padding
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.prompts.shape[0])
+    stop: str = "eos"
+    expected_lengths: tuple[int, ...] = ()
 
     @property
     def prompt_lengths(self) -> tuple[int, ...]:
@@ -149,41 +138,6 @@ def text_prompts(
             "beside the checkpoint is not the one it was trained with"
         )
     return left_pad(rows, pad_id)
-
-
-def reference_tokens(
-    model: PreTrainedModel,
-    prompts: torch.Tensor,
-    max_new_tokens: int,
-    pad_id: int,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Greedy tokens [B, N] with no stop at all (dynamic cache; generate() for a model the loop cannot drive)."""
-    if loop_refusal(model) is not None:
-        with torch.inference_mode(), model_eos_cleared(model):
-            sequences: torch.Tensor = model.generate(  # type: ignore[operator]
-                prompts,
-                attention_mask=torch.ones_like(prompts) if attention_mask is None else attention_mask,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-            )
-        return sequences[:, prompts.shape[1] :].cpu()
-    slot = CacheSlot(get_cache("dynamic"), model, prompts.shape[0], prompts.shape[1] + max_new_tokens)
-    no_eos = torch.empty(0, dtype=torch.long, device=prompts.device)
-    with torch.inference_mode():
-        out = generate(
-            model,
-            prompts,
-            max_new_tokens,
-            slot,
-            get_stop_policy("baseline"),
-            no_eos,
-            pad_id,
-            attention_mask=attention_mask,
-        )
-    return out.generated.cpu()
 
 
 def check_inputs(model: PreTrainedModel, prompt_len: int, max_new_tokens: int, pad_id: int) -> None:
@@ -286,17 +240,18 @@ def _stops(
 ) -> Workload:
     device = prompts.device
     batch_size = int(prompts.shape[0])
+    no_eos = torch.empty(0, dtype=torch.long, device=device)
     if stop == "none":
         return Workload(
-            prompts,
-            torch.empty(0, dtype=torch.long, device=device),
-            pad_id,
-            max_new_tokens,
-            stop,
-            (max_new_tokens,) * batch_size,
-            mask,
+            prompts=prompts,
+            eos_ids=no_eos,
+            pad_id=pad_id,
+            max_new_tokens=max_new_tokens,
+            attention_mask=mask,
+            stop=stop,
+            expected_lengths=(max_new_tokens,) * batch_size,
         )
-    generated = reference_tokens(model, prompts, max_new_tokens, pad_id, mask)
+    generated, _ = greedy_reference(model, Request(prompts, no_eos, pad_id, max_new_tokens, mask), stops=False)
     check_not_degenerate(generated, [], type(model).__name__)
     eos = choose_eos(generated, pad_id)
     return Workload(
