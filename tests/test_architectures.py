@@ -18,6 +18,7 @@ import torch
 from transformers import (
     BloomConfig,
     BloomForCausalLM,
+    DynamicCache,
     FalconConfig,
     FalconForCausalLM,
     GemmaConfig,
@@ -251,3 +252,46 @@ def test_a_model_that_ignores_its_cache_is_refused_though_generate_agrees_with_i
 def test_generate_still_runs_a_state_space_model_and_matches_itself(runner: Runner) -> None:
     result = runner.run(Variant("mamba", "dynamic", "hf-generate", 2, NEW), mamba())
     assert result.parity is not None and result.parity.ok, str(result.parity)
+
+
+def bamba() -> PreTrainedModel:
+    """A Mamba-2/attention hybrid whose forward derives its positions from ``position_ids``."""
+    from transformers import BambaConfig, BambaForCausalLM
+
+    config = BambaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_layer_indices=[1],
+        mamba_n_heads=4,
+        mamba_d_head=16,
+        mamba_d_state=8,
+        mamba_n_groups=1,
+        mamba_chunk_size=16,
+        **IDS,
+        **INIT,
+    )
+    return build("bamba", lambda: BambaForCausalLM(config))
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_model_that_needs_its_position_ids_is_called_as_generate_calls_it_and_not_refused(
+    runner: Runner, cache: str
+) -> None:
+    """Called without ``position_ids``, Bamba's cached step gives other logits than the full sequence (max abs diff
+    ~2 here), so a probe that left them out refused it as ignoring its cache, though generate() (which passes them)
+    matches the uncached run. The probe, the loop and generate() now call every forward one way."""
+    model = bamba()
+    ids = (torch.arange(1, 7) * 7 % 384)[None]
+    with torch.no_grad():  # the trap: without positions the cached step is wrong
+        full = model(ids, use_cache=False).logits[:, -1]
+        kv = DynamicCache(config=model.config)
+        model(ids[:, :-1], use_cache=True, **{cache_keyword(model) or "past_key_values": kv})
+        bare = model(ids[:, -1:], use_cache=True, **{cache_keyword(model) or "past_key_values": kv}).logits[:, -1]
+    assert float((full - bare).abs().max()) > 0.1
+    for stream in ("baseline", "pipelined"):
+        result = runner.run(Variant("bamba", cache, stream, 2, NEW), model)
+        assert result.parity is not None and result.parity.ok, str(result.parity)
+        assert result.parity.reference == "transformers generate()"
