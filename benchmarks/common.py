@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any
 
-from pytest_decodeperf import Runner, Variant
+from pytest_decodeperf import Runner
 from pytest_decodeperf.engine.device.machine import resolve_device
 from pytest_decodeperf.engine.spec.models import default_model_name
+from pytest_decodeperf.engine.spec.variants import matrix
 
 DEVICE = resolve_device("auto")
 MODEL = default_model_name(DEVICE)
@@ -23,13 +23,9 @@ def runner() -> Runner:
     return Runner(DEVICE, rounds=5, warmup=1)
 
 
-def variant(model: str, cache: str, stream: str, batch_size: int) -> Variant:
-    return Variant(model, cache, stream, int(batch_size), NEW_TOKENS, stop="eos")
-
-
 def measure_matrix(models: list[str], caches: list[str], streams: list[str], batches: list[int]) -> dict[Any, Any]:
     """Record of every combination, keyed by (model, cache, stream, batch) as asv passes params."""
     out = {}
-    for key in itertools.product(models, caches, streams, batches):
-        out[key] = runner().run(variant(*key)).record()
+    for v in matrix(models, caches, streams, [int(b) for b in batches], [NEW_TOKENS]):
+        out[(v.model, v.cache, v.stream, v.batch_size)] = runner().run(v).record()
     return out

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -32,22 +31,22 @@ def _run(args: argparse.Namespace) -> int:
     from .engine.device.machine import machine_info, resolve_device
     from .engine.runner import Runner
     from .engine.spec.models import default_model_name
-    from .engine.spec.variants import Variant
+    from .engine.spec.variants import matrix
     from .engine.spec.workload import PROMPTS, default_prompt_lens
     from .errors import check_choice
     from .marker import check_prompt_len, prompt_axis
     from .report import render_table
 
     try:
+        for name in args.decoders:
+            import_decoders(name)
         device = resolve_device(args.device)
         models = _csv(args.models) or [default_model_name(device)]
         batches = [int(b) for b in _csv(args.batch_sizes)]
         lens = tuple(check_prompt_len(n) for n in _csv(args.prompt_lens)) or default_prompt_lens(device)
         points = prompt_axis(lens, check_choice("prompts", args.prompts, PROMPTS), default_prompt_lens(device))
-        variants = [
-            Variant(m, c, s, b, args.new_tokens, args.stop, dtype=args.dtype, prompt_len=p, prompts=k).validate(device)
-            for m, c, b, (p, k), s in itertools.product(models, _csv(args.caches), batches, points, _csv(args.streams))
-        ]
+        axes = (_csv(args.caches), _csv(args.streams), batches, [args.new_tokens], [args.stop])
+        variants = [v.validate(device) for v in matrix(models, *axes, dtypes=[args.dtype], prompts=points)]
         if args.rounds < 1 or args.warmup < 0 or not 0 <= args.max_time <= 3600:
             raise DecodePerfError(
                 f"--rounds must be >= 1, --warmup >= 0 and --max-time 0 to 3600 s; got {args.rounds}, "
@@ -70,6 +69,31 @@ def _run(args: argparse.Namespace) -> int:
         write_json_atomic(Path(args.json), {"machine": machine_info(device), "results": records})
     over = any((r["max_syncs_per_step"] or 0) > r["sync_budget"] for r in records if r["sync_budget"] is not None)
     return 1 if over or any(r["parity"] == "fail" for r in records) else 0
+
+
+def import_decoders(name: str) -> None:
+    """Import the module (a dotted name, or a ``.py`` file) whose ``@decoder`` functions register stream modes."""
+    import importlib
+    import importlib.util
+
+    try:
+        if name.endswith(".py") or "/" in name or "\\" in name:
+            path = Path(name)
+            if not path.is_file():
+                raise DecodePerfError(f"--decoders {name!r}: no such file")
+            spec = importlib.util.spec_from_file_location(f"_decodeperf_decoders_{path.stem}", path)
+            if spec is None or spec.loader is None:
+                raise DecodePerfError(f"--decoders {name!r}: not a Python file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(name)
+    except DecodePerfError:
+        raise
+    except Exception as exc:  # the user's module failed to import: one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DecodePerfError(f"--decoders {name!r} did not import: {type(exc).__name__}: {first}") from None
 
 
 def _restore(config: str) -> tuple[int, object]:
@@ -164,7 +188,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     run.add_argument("--models", default="", help="comma list (default: the device's default model)")
     run.add_argument("--caches", default="none,dynamic,static")
-    run.add_argument("--streams", default="baseline,deferred,pipelined,nostop")
+    run.add_argument(
+        "--streams",
+        default="baseline,deferred,pipelined,nostop",
+        help="comma list of stream modes: the loop's, generate()'s (hf-generate), or decoders of yours (--decoders)",
+    )
+    run.add_argument(
+        "--decoders",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module or .py file first: its @decoder functions become stream modes (repeatable)",
+    )
     run.add_argument("--batch-sizes", default="1,8")
     run.add_argument("--new-tokens", type=int, default=64)
     run.add_argument("--stop", default="eos", help="eos (rows stop at known steps) or none")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import itertools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import DecodePerfError, check_choice, check_positive
+from .errors import DecodePerfError, check_choice
 
 if TYPE_CHECKING:
     from .engine.spec.variants import Variant
@@ -120,11 +119,9 @@ def parse_marker(
     ``tp``: ``--decodeperf-tp``, likewise.
     """
     # The engine's registries say which names are valid: imported only for a marked test.
-    from .engine.decode.caches import CACHES
-    from .engine.decode.stream_modes import stream_mode_names
-    from .engine.spec.models import DTYPES, check_model_name
-    from .engine.spec.variants import Variant, check_compile
-    from .engine.spec.workload import PROMPTS, STOPS
+    from .engine.spec.models import check_model_name
+    from .engine.spec.variants import matrix
+    from .engine.spec.workload import PROMPTS
 
     if args:
         raise DecodePerfError(f"decode_perf takes keyword arguments only, got positional {args!r}")
@@ -143,17 +140,9 @@ def parse_marker(
             raise DecodePerfError(f"decode_perf models must be names, got {model!r}")
         if not custom_model:
             check_model_name(model)
-    caches = tuple(check_choice("cache type", c, CACHES) for c in _seq(a["cache"]))
-    streams = tuple(check_choice("stream mode", s, stream_mode_names()) for s in _seq(a["stream"]))
-    batches = tuple(check_positive("batch_size", b) for b in _seq(a["batch_size"]))
-    lengths = tuple(check_positive("new_tokens", n) for n in _seq(a["new_tokens"]))
-    stops = tuple(check_choice("stop", s, STOPS) for s in _seq(a["stop"]))
-    compiles = tuple(check_compile(value) for value in _seq(a["compile"]))
     budget = a["max_syncs_per_step"]
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
         raise DecodePerfError(f"decode_perf max_syncs_per_step must be None or an integer >= 0, got {budget!r}")
-    dtypes = tuple(check_choice("dtype", d, DTYPES) for d in _seq(dtype if dtype is not None else a["dtype"]))
-    tps = tuple(dict.fromkeys(check_positive("tp", t) for t in _seq(tp if tp is not None else a["tp"])))
     kind = check_choice("prompts", a["prompts"], PROMPTS)
     if kind == "text" and not custom_model:
         from .engine.spec.models import is_checkpoint
@@ -169,38 +158,18 @@ def parse_marker(
     prompt_points = prompt_axis(tuple(check_prompt_len(n) for n in lens_given), kind, default_prompt_lens)
     if not isinstance(a["parity"], bool):
         raise DecodePerfError(f"decode_perf parity must be True or False, got {a['parity']!r}")
-    for name, values in (
-        ("models", models),
-        ("cache", caches),
-        ("stream", streams),
-        ("batch_size", batches),
-        ("new_tokens", lengths),
-        ("stop", stops),
-        ("compile", compiles),
-        ("prompt_lens", prompt_points),
-        ("dtype", dtypes),
-        ("tp", tps),
-    ):
-        if not values:
-            raise DecodePerfError(f"decode_perf {name} is empty")
-    variants = [
-        Variant(
-            model=m,
-            cache=c,
-            stream=s,
-            batch_size=b,
-            new_tokens=n,
-            stop=st,
-            compile=co,
-            dtype=dt,
-            prompt_len=p,
-            prompts=k,
-            tp=t,
-        )
-        for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
-            models, dtypes, tps, caches, compiles, batches, prompt_points, lengths, stops, streams
-        )
-    ]
+    variants = matrix(
+        models,
+        _seq(a["cache"]),
+        _seq(a["stream"]),
+        _seq(a["batch_size"]),
+        _seq(a["new_tokens"]),
+        _seq(a["stop"]),
+        _seq(a["compile"]),
+        _seq(dtype if dtype is not None else a["dtype"]),
+        prompt_points,
+        tuple(dict.fromkeys(_seq(tp if tp is not None else a["tp"]))),
+    )
     return variants, a["parity"]
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from ...errors import DecodePerfError, check_choice, check_positive
-from ..decode.caches import CACHES, get_cache
+from ..decode.caches import CACHES
 from ..decode.custom import DECODERS
 from ..decode.stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
 from .models import DTYPES, model_label
@@ -22,6 +24,22 @@ def check_compile(value: object) -> bool | str:
     if isinstance(value, bool) or value in COMPILE_MODES:
         return value
     raise DecodePerfError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {value!r}")
+
+
+# Every field's check, by the name the marker, the options and the record give it: the one place a value of an
+# axis is judged (the marker checks each keyword's values with these, a Variant its fields).
+FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "cache": lambda v: check_choice("cache type", v, CACHES),
+    "stream": check_stream_mode,
+    "batch_size": lambda v: check_positive("batch_size", v),
+    "new_tokens": lambda v: check_positive("new_tokens", v),
+    "stop": lambda v: check_choice("stop", v, STOPS),
+    "compile": check_compile,
+    "dtype": lambda v: check_choice("dtype", v, DTYPES),
+    "prompt_len": lambda v: check_positive("prompt_len", v),
+    "prompts": lambda v: check_choice("prompts", v, PROMPTS),
+    "tp": lambda v: check_positive("tp", v),
+}
 
 
 @dataclass(frozen=True)
@@ -80,17 +98,8 @@ class Variant:
 
     def validate(self, device: torch.device | str | None = None) -> Variant:
         """Raise DecodePerfError naming the first bad field; return self when all are fine."""
-        check_choice("cache type", self.cache, CACHES)
-        check_stream_mode(self.stream)
-        check_choice("stop workload", self.stop, STOPS)
-        check_choice("dtype", self.dtype, DTYPES)
-        check_positive("batch size", self.batch_size)
-        check_positive("new tokens", self.new_tokens)
-        check_positive("prompt length", self.prompt_len)
-        check_positive("tp", self.tp)
-        check_choice("prompts", self.prompts, PROMPTS)
-        check_compile(self.compile)
-        get_cache(self.cache)
+        for name, check in FIELD_CHECKS.items():
+            check(getattr(self, name))
         if device is not None:
             dev = torch.device(device)
             if self.stream in STOP_POLICIES and not STOP_POLICIES[self.stream].supports(dev):
@@ -108,3 +117,42 @@ class Variant:
                     f"torch.Event on the device, which {dev.type!r} does not support"
                 )
         return self
+
+
+def matrix(
+    models: Sequence[str],
+    caches: Sequence[str],
+    streams: Sequence[str],
+    batch_sizes: Sequence[int],
+    new_tokens: Sequence[int],
+    stops: Sequence[str] = ("eos",),
+    compiles: Sequence[bool | str] = (False,),
+    dtypes: Sequence[str] = ("float32",),
+    prompts: Sequence[tuple[int, str]] = ((DEFAULT_PROMPT_LEN, "random"),),
+    tps: Sequence[int] = (1,),
+) -> list[Variant]:
+    """Every combination, each axis's values checked (``FIELD_CHECKS``), in one order: model, dtype, tp, cache,
+    compile, batch, prompt, length, stop, then stream mode (the modes of one configuration stand together, as
+    given). ``prompts``: (prompt_len, kind) points (``marker.prompt_axis``)."""
+    axes: list[tuple[str, Sequence[Any]]] = [
+        ("dtype", dtypes),
+        ("tp", tps),
+        ("cache", caches),
+        ("compile", compiles),
+        ("batch_size", batch_sizes),
+        ("new_tokens", new_tokens),
+        ("stop", stops),
+        ("stream", streams),
+    ]
+    for name, values in [("models", models), *axes, ("prompt_lens", prompts)]:
+        if not values:
+            raise DecodePerfError(f"decode_perf {name} is empty")
+    for name, values in axes:
+        for value in values:
+            FIELD_CHECKS[name](value)
+    return [
+        Variant(m, c, s, b, n, st, co, dt, p, k, t)
+        for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
+            models, dtypes, tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams
+        )
+    ]
