@@ -1,5 +1,12 @@
 """pytest-decodeperf: regression tests for the speed and output parity of token generation.
 
+Your own generation code is a stream mode (``engine/decode/custom.py``)::
+
+    from pytest_decodeperf import decoder
+
+    @decoder("my-loop")
+    def my_loop(model, inputs): ...   # returns the new tokens [batch, <= inputs.max_new_tokens]
+
 The engine (models, caches, stop policies, the decode loop, measurement) works without pytest::
 
     from pytest_decodeperf import Runner, Variant
@@ -19,6 +26,7 @@ from .errors import DecodePerfError
 
 if TYPE_CHECKING:
     from .engine.decode.caches import CACHES, CacheStrategy, register_cache
+    from .engine.decode.custom import DecoderInputs, decoder
     from .engine.decode.loop import DecodeOutput, generate
     from .engine.decode.stream_modes import STOP_POLICIES, StopPolicy, register_stop_policy
     from .engine.parity.compare import ParityReport, check_parity
@@ -29,6 +37,8 @@ if TYPE_CHECKING:
     from .engine.spec.workload import Workload, make_workload
 
 _LAZY: dict[str, str] = {
+    "decoder": "engine.decode.custom",
+    "DecoderInputs": "engine.decode.custom",
     "CACHES": "engine.decode.caches",
     "CacheStrategy": "engine.decode.caches",
     "register_cache": "engine.decode.caches",
@@ -56,6 +66,7 @@ __all__ = [
     "CacheStrategy",
     "DecodeOutput",
     "DecodePerfError",
+    "DecoderInputs",
     "ParityReport",
     "Runner",
     "StopPolicy",
@@ -64,6 +75,7 @@ __all__ = [
     "Workload",
     "build_model",
     "check_parity",
+    "decoder",
     "default_model_name",
     "generate",
     "make_workload",

@@ -21,9 +21,20 @@ from git_helpers import git
 CONFTEST = """
 import time
 import pytest
-from pytest_decodeperf import build_model
+import torch
+from pytest_decodeperf import build_model, decoder
 
 SLOWDOWN_S = {slowdown}
+
+@decoder("my-loop")
+def my_loop(model, inputs):  # a user's own greedy loop, stop="none": every step runs
+    tokens, start, out = inputs.input_ids, 0, []
+    for step in range(inputs.max_new_tokens):
+        end = inputs.prompt_len + step
+        token = model(tokens, **inputs.forward_kwargs(start, end)).logits[:, -1].argmax(-1)
+        out.append(token)
+        tokens, start = token[:, None], end
+    return torch.stack(out, dim=1)
 
 @pytest.fixture
 def decode_model(decode_variant):
@@ -38,12 +49,12 @@ def decode_model(decode_variant):
 TEST = """
 import pytest
 
-@pytest.mark.decode_perf(models="tiny-gpt2", cache="dynamic", stream=("baseline", "pipelined"), new_tokens=8,
+@pytest.mark.decode_perf(models="tiny-gpt2", cache="dynamic", stream=("baseline", "my-loop"), new_tokens=8,
                          stop="none")
 def test_decode():
     assert False, "under --decodeperf-ab the body runs in neither the controller nor the workers"
 """
-STREAMS = ("baseline", "pipelined")
+STREAMS = ("baseline", "my-loop")  # the plugin's loop, and a decoder of the user's
 ARGS = ["--decodeperf", "--decodeperf-ab-processes=3", "--decodeperf-ab-max-pairs=15", "--decodeperf-warmup=1"]
 ARGS += ["-p", "no:cacheprovider"]
 

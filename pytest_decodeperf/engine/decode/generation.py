@@ -184,7 +184,7 @@ class DecoderGeneration(Generation):
             steps=steps.forwards,
             extra_steps=max(steps.forwards - kept, 0),
             host_reads=0,  # counted by op in the sync-counting generation (its flag reads per step)
-            note=f"your decoder ({self.decoder.where})",
+            note=f"decoder {self.name!r} ({self.decoder.where})",
         )
 
     def _line(self, exc: BaseException) -> str:
