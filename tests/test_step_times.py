@@ -27,9 +27,9 @@ from pytest_decodeperf.engine.decode.observe import observers
 from pytest_decodeperf.engine.decode.stream_modes import get_stop_policy
 from pytest_decodeperf.engine.device.sim_cuda import SimRuntime
 from pytest_decodeperf.engine.measure import rounds as measure
+from pytest_decodeperf.engine.measure.counting import report as sync_report
 from pytest_decodeperf.engine.measure.rounds import Clock, percentile
 from pytest_decodeperf.engine.measure.syncs import SyncCounter, SyncObserver
-from pytest_decodeperf.engine.measure.syncs import report as sync_report
 from pytest_decodeperf.report import render_table
 
 torch.set_num_threads(1)

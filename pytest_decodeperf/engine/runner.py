@@ -24,12 +24,11 @@ from .decode.refusals import loop_refusal
 from .decode.request import DecodeOutput
 from .device.runtime import runtime_for
 from .held import Held, workload_key
-from .measure.counting import count_syncs
+from .measure.counting import SyncReport, count_syncs
 from .measure.nvtx import NULL_TRACER, Tracer
 from .measure.profiling import ProfileStats, compile_counters, profile_generation
 from .measure.rounds import Budget, Clock, Measurement, measure
 from .measure.steady import pinned_threads
-from .measure.syncs import SyncReport
 from .parity.compare import ParityReport, check_parity
 from .parity.judge import judged_report
 from .parity.reference import greedy_reference

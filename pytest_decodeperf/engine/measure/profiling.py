@@ -88,6 +88,22 @@ class ProfileStats:
     def idle_us_per_step(self) -> float:
         return self.idle.idle_us / self.steps if self.steps else 0.0
 
+    def fields(self) -> dict[str, Any]:
+        """The record's profiler fields (CUDA)."""
+        return {
+            "syncs_per_token": self.syncs_per_token,
+            "draining_syncs_per_token": self.draining_per_token,
+            "gpu_idle_fraction": self.idle.fraction,
+            "gpu_idle_us_per_step": self.idle_us_per_step,
+        }
+
+    @staticmethod
+    def absent() -> dict[str, Any]:
+        """The profiler fields where no profile ran (not CUDA)."""
+        return dict.fromkeys(
+            ("syncs_per_token", "draining_syncs_per_token", "gpu_idle_fraction", "gpu_idle_us_per_step")
+        )
+
 
 def _is_device_event(event: Any) -> bool:
     # Kernels and copies are the CUDA-device events (DeviceType.CUDA) of the profile.
@@ -111,3 +127,6 @@ def profile_generation(run_once: Callable[[], DecodeOutput], device: torch.devic
     # The profiler's own final synchronize is outside the generation: do not count it.
     syncs, draining = max(syncs - 1, 0), max(draining - 1, 0)
     return ProfileStats(syncs, out.new_tokens, out.steps, idle_stats(intervals), draining)
+
+
+PROFILE_FIELDS = ("syncs_per_token", "draining_syncs_per_token", "gpu_idle_fraction", "gpu_idle_us_per_step")

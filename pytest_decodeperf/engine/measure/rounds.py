@@ -223,6 +223,35 @@ class Measurement:
         values = [v for r in self.memory_rounds if (v := r.generation_peak_bytes) is not None]
         return max(values) if values else None
 
+    def fields(self) -> dict[str, Any]:
+        """The record's timing and memory fields (``records.ResultRecord``): medians, samples, ITL, the paired ratio."""
+        vs = self.vs_reference
+        return {
+            "tokens_per_s": self.tokens_per_s,
+            "ms_per_token": self.ms_per_token,
+            "prefill_ms": self.prefill_ms,
+            "peak_allocated_bytes": self.peak("peak_allocated_bytes"),
+            "peak_reserved_bytes": self.peak("peak_reserved_bytes"),
+            "rounds": len(self.rounds),
+            "warmup_s": list(self.warmup_s),
+            "samples_s": [r.total_s for r in self.rounds],
+            "samples_ms_per_token": [r.ms_per_token for r in self.rounds],
+            "samples_prefill_ms": [1e3 * r.prefill_s for r in self.rounds if r.prefill_s is not None],
+            "ttft_ms": self.prefill_ms,
+            "itl_p50_ms": self.itl_ms(50),
+            "itl_p90_ms": self.itl_ms(90),
+            "itl_p99_ms": self.itl_ms(99),
+            "samples_itl_p90_ms": self.round_itl_ms(90),
+            "samples_itl_p99_ms": self.round_itl_ms(99),
+            "spread_pct": self.spread_pct,
+            "precision_pct": self.precision_pct,
+            "unstable": not self.precision_pct <= UNSTABLE_PCT,
+            "vs_baseline": vs[0] if vs else None,
+            "vs_baseline_low": vs[1] if vs else None,
+            "vs_baseline_high": vs[2] if vs else None,
+            "generation_peak_bytes": self.generation_peak_bytes,
+        }
+
     def peak(self, attr: str) -> int | None:
         values = [getattr(r, attr) for r in [*self.memory_rounds, *self.rounds] if getattr(r, attr) is not None]
         return max(values) if values else None

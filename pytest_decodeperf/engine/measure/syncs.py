@@ -45,7 +45,7 @@ from ..decode.observe import Observer
 from ..device import dispatch
 from ..device.dispatch import OpWatch
 
-__all__ = ["StepCount", "SyncCounter", "SyncEvent", "SyncObserver", "SyncReport", "report"]
+__all__ = ["StepCount", "SyncCounter", "SyncEvent", "SyncObserver"]
 
 Kind = Literal["read", "d2h", "h2d"]
 
@@ -317,52 +317,6 @@ class SyncCounter(OpWatch):
             over = self.over_budget(budget)
             lines.append(f"budget {budget}/step: " + ("ok" if not over else f"{len(over)} step(s) over"))
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    """Blocking reads of one generation per decode step (prefill, step 0, is not a decode step).
-
-    ``hidden``: reads nobody declared (a measurement bug unless budgeted); ``declared``: the stop
-    policy's own flag read. ``outside``: reads before the first step or after the loop.
-    """
-
-    decode_steps: int
-    hidden_per_step: float  # mean over decode steps
-    max_hidden: int  # the most in one decode step
-    declared_per_step: float
-    outside: int
-    sites: tuple[str, ...]  # "file:line op xN" of the hidden reads in decode steps
-    budget: int | None  # hidden reads allowed per decode step; None: not gated
-
-    @property
-    def over_budget(self) -> bool:
-        return self.budget is not None and self.max_hidden > self.budget
-
-    def message(self, label: str) -> str:
-        """The one line an item fails with: how many, where, and how to declare them."""
-        return (
-            f"{label}: {self.max_hidden} hidden blocking device read(s) in a decode step, budget "
-            f"{self.budget} (max_syncs_per_step=); each stalls the GPU every step: " + ", ".join(self.sites)
-        )
-
-
-def report(counter: SyncCounter, budget: int | None) -> SyncReport:
-    """The counter's decode steps (1..last) summed up against ``budget``."""
-    counts = counter.per_step()[1:]
-    n = len(counts)
-    sites: collections.Counter[str] = collections.Counter()
-    for step in range(1, n + 1):
-        sites.update(counter.sites(step))
-    return SyncReport(
-        decode_steps=n,
-        hidden_per_step=sum(c.hidden for c in counts) / n if n else 0.0,
-        max_hidden=max((c.hidden for c in counts), default=0),
-        declared_per_step=sum(c.declared for c in counts) / n if n else 0.0,
-        outside=sum(1 for e in counter.events if e.step is None),
-        sites=tuple(f"{site} x{count}" for site, count in sorted(sites.items())),
-        budget=budget,
-    )
 
 
 class _StepScope:

@@ -29,7 +29,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 from ...errors import DecodePerfError
 from ..measure.collectives import CollectiveCounter, CollectiveReport
-from ..measure.syncs import SyncReport
+from ..measure.counting import SyncReport
 from ..roofline.analytic import StepBytes
 from ..roofline.variant import Roofline
 from ..spec.models import MODELS, build_model, is_checkpoint, resolve_dtype
@@ -47,6 +47,18 @@ class TPInfo:
     world_size: int  # processes in the launch (1: one process)
     backend: str | None  # the group the model's collectives ran on, nccl or gloo (None: not sharded)
     collectives: CollectiveReport | None = None  # per decode step, counted in the untimed sync-counting generation
+
+    def fields(self) -> dict[str, Any]:
+        """The record's tensor-parallel fields."""
+        c = self.collectives
+        return {
+            "tp": self.tp,
+            "world_size": self.world_size,
+            "backend": self.backend,
+            "collectives_per_step": c.per_step if c else None,
+            "collective_bytes_per_step": c.bytes_per_step if c else None,
+            "collective_ops": dict(c.by_op) if c else {},
+        }
 
 
 def model_config(name: str) -> PreTrainedConfig:

@@ -39,6 +39,7 @@ import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from ..device.bandwidth import MIB, achieved, measure_bandwidth  # re-exported: the roofline's other half
+from .weights import weight_layout
 
 __all__ = [
     "MIB",
@@ -258,17 +259,9 @@ def cache_state_bytes(cache: Any) -> int:
 def weight_bytes(model: torch.nn.Module) -> int:
     """Parameter bytes the model holds (resident), tied/aliased storage counted once.
 
-    Not what a step reads: ``weights.weight_layout`` counts gathered embedding rows and routed experts.
+    Not what a step reads: ``weights.weight_layout`` splits it into dense, gathered and routed bytes.
     """
-    seen: set[tuple[str, int, int]] = set()
-    total = 0
-    for _, param in model.named_parameters(remove_duplicate=True):
-        key = (str(param.device), param.data_ptr(), param.numel())
-        if key in seen:
-            continue
-        seen.add(key)
-        total += param.numel() * param.element_size()
-    return total
+    return weight_layout(model).resident
 
 
 @dataclass(frozen=True)
@@ -319,8 +312,6 @@ def decode_bytes(
     step ran, ``routing.py``; None: every expert, an upper bound). ``state_bytes``: the recurrent state the cache
     holds (``cache_state_bytes``), read and written whole each step; required when a layer holds one.
     """
-    from .weights import weight_layout
-
     if batch < 1 or prompt_len < 1 or steps < 1:
         raise ValueError("batch, prompt_len and steps must be >= 1")
     dtype = kv_dtype if kv_dtype is not None else model.dtype
