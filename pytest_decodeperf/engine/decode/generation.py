@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import PreTrainedModel
@@ -63,7 +63,25 @@ class Generation:
         observer: Observer = NULL_OBSERVER,
         runtime: DeviceRuntime | None = None,
     ) -> DecodeOutput:
+        """Generate ``request`` on ``model`` with ``slot``'s cache (None: the generation makes its own), watched by
+        ``observer``, through ``runtime`` (the device's own when None; tests pass the CUDA simulator)."""
+        if self.uses_slot and slot is None:
+            raise DecodePerfError(f"stream mode {self.name!r} needs the variant's cache slot")
+        device = request.prompts.device
+        return self.run(Call(model, request, slot, observer, runtime if runtime is not None else runtime_for(device)))
+
+    def run(self, call: Call) -> DecodeOutput:
         raise NotImplementedError
+
+
+class Call(NamedTuple):
+    """One call of a generation (``Generation.__call__``'s arguments, the runtime resolved)."""
+
+    model: PreTrainedModel
+    request: Request
+    slot: CacheSlot | None
+    observer: Observer
+    runtime: DeviceRuntime
 
 
 class LoopGeneration(Generation):
@@ -74,17 +92,9 @@ class LoopGeneration(Generation):
         self.name = policy.name
         self.ready_mask = ready_mask
 
-    def __call__(
-        self,
-        model: PreTrainedModel,
-        request: Request,
-        slot: CacheSlot | None,
-        observer: Observer = NULL_OBSERVER,
-        runtime: DeviceRuntime | None = None,
-    ) -> DecodeOutput:
-        if slot is None:
-            raise DecodePerfError(f"stream mode {self.name!r} needs the variant's cache slot")
-        return generate(model, request, slot, self.policy, observer, runtime, self.ready_mask)
+    def run(self, call: Call) -> DecodeOutput:
+        assert call.slot is not None
+        return generate(call.model, call.request, call.slot, self.policy, call.observer, call.runtime, self.ready_mask)
 
 
 class GenerateGeneration(Generation):
@@ -100,15 +110,10 @@ class GenerateGeneration(Generation):
         self.compile = compile
         self.kwargs = kwargs
 
-    def __call__(
-        self,
-        model: PreTrainedModel,
-        request: Request,
-        slot: CacheSlot | None,
-        observer: Observer = NULL_OBSERVER,
-        runtime: DeviceRuntime | None = None,
-    ) -> DecodeOutput:
-        return hf_generate(model, request, self.cache, self.deferred, self.compile, observer, **self.kwargs)
+    def run(self, call: Call) -> DecodeOutput:
+        return hf_generate(
+            call.model, call.request, self.cache, self.deferred, self.compile, call.observer, **self.kwargs
+        )
 
 
 class DecoderError(DecodePerfError):
@@ -151,19 +156,11 @@ class DecoderGeneration(Generation):
             call=call,
         )
 
-    def __call__(
-        self,
-        model: PreTrainedModel,
-        request: Request,
-        slot: CacheSlot | None,
-        observer: Observer = NULL_OBSERVER,
-        runtime: DeviceRuntime | None = None,
-    ) -> DecodeOutput:
-        if slot is None:
-            raise DecodePerfError(f"decoder {self.name!r} needs the variant's cache slot")
-        runtime = runtime if runtime is not None else runtime_for(request.prompts.device)
-        inputs = self.inputs(model, request, slot, runtime)
-        with ForwardSteps(model, observer) as steps:
+    def run(self, call: Call) -> DecodeOutput:
+        model, request = call.model, call.request
+        assert call.slot is not None
+        inputs = self.inputs(model, request, call.slot, call.runtime)
+        with ForwardSteps(model, call.observer) as steps:
             try:
                 returned = self.decoder.fn(model, inputs)
             except torch.OutOfMemoryError:
