@@ -5,7 +5,8 @@
 * ``docs/reference/marker.md``: the ``decode_perf`` marker's keywords (``marker.py``: its signature and
   ``KEYWORDS``) and the values the engine's registries accept (models, caches, stream modes, ...);
 * ``docs/reference/cli.md``: the ``decodeperf`` command's subcommands, from its argparse parser;
-* ``docs/reference/record.md``: the JSON records' fields, from ``records.py`` (types and comments).
+* ``docs/reference/record.md``: the JSON records' fields, from ``records.py`` (types and comments);
+* ``docs/reference/decoder.md``: ``@decoder`` and the ``DecoderInputs`` a decoder of yours is given.
 
     python scripts/gen_reference.py           # write the pages
     python scripts/gen_reference.py --check   # exit 1 naming the stale pages (the test suite runs this)
@@ -89,7 +90,8 @@ def marker_page() -> str:
     values = {
         "models": "a zoo name (below), a checkpoint directory, or any label of your own `decode_model`",
         "cache": ", ".join(f"`{c}`" for c in CACHES),
-        "stream": ", ".join(f"`{s}`" for s in [*STOP_POLICIES, *HF_MODES]),
+        "stream": ", ".join(f"`{s}`" for s in [*STOP_POLICIES, *HF_MODES])
+        + ", or a decoder of yours ([`@decoder`](decoder.md))",
         "batch_size": "integers >= 1",
         "new_tokens": "integers >= 1",
         "stop": ", ".join(f"`{s}`" for s in STOPS),
@@ -182,11 +184,26 @@ def _comments(source: str) -> dict[int, str]:
     return out
 
 
-def record_page() -> str:
-    path = ROOT / "pytest_decodeperf" / "records.py"
-    source = path.read_text(encoding="utf-8")
+def _fields(source: str, cls: ast.ClassDef) -> list[str]:
+    """A class's annotated fields as a table: name, type, and the comments on and above each."""
     comments = _comments(source)
     lines_of = source.splitlines()
+    rows = []
+    for node in cls.body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        above = []
+        line = node.lineno - 1
+        while line >= 1 and lines_of[line - 1].strip().startswith("#"):
+            above.insert(0, comments.get(line, ""))
+            line -= 1
+        text = " ".join([*above, comments.get(node.lineno, "")]).strip()
+        rows.append([f"`{node.target.id}`", f"`{ast.unparse(node.annotation)}`", text])
+    return _table(["field", "type", "meaning"], rows)
+
+
+def record_page() -> str:
+    source = (ROOT / "pytest_decodeperf" / "records.py").read_text(encoding="utf-8")
     module = ast.parse(source)
     out = ["# The JSON record", "", STAMP, "", (ast.get_docstring(module) or "").strip(), ""]
     for cls in (node for node in module.body if isinstance(node, ast.ClassDef)):
@@ -194,24 +211,55 @@ def record_page() -> str:
         doc = ast.get_docstring(cls)
         if doc:
             out += [doc.strip(), ""]
-        rows = []
-        pending: list[str] = []
-        for node in cls.body:
-            if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
-                continue
-            above = []
-            line = node.lineno - 1
-            while line >= 1 and lines_of[line - 1].strip().startswith("#"):
-                above.insert(0, comments.get(line, ""))
-                line -= 1
-            pending = above
-            text = " ".join([*pending, comments.get(node.lineno, "")]).strip()
-            rows.append([f"`{node.target.id}`", f"`{ast.unparse(node.annotation)}`", text])
-        out += [*_table(["field", "type", "meaning"], rows), ""]
+        out += [*_fields(source, cls), ""]
     return "\n".join(out)
 
 
-PAGES = {"options.md": options_page, "marker.md": marker_page, "cli.md": cli_page, "record.md": record_page}
+def decoder_page() -> str:
+    import inspect
+
+    from pytest_decodeperf.engine.decode import custom
+
+    source = inspect.getsource(custom)
+    module = ast.parse(source)
+    inputs = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "DecoderInputs")
+    methods = [n for n in inputs.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+    method_rows = [[f"`{m.name}`", (ast.get_docstring(m) or "").splitlines()[0]] for m in methods]
+    return "\n".join(
+        [
+            "# Decoders of your own",
+            "",
+            STAMP,
+            "",
+            "How to write and measure one: [the how-to](../how-to/own-decoder.md).",
+            "",
+            "## `decoder`",
+            "",
+            "```text",
+            f"decoder{inspect.signature(custom.decoder)}",
+            "```",
+            "",
+            (inspect.getdoc(custom.decoder) or "").strip(),
+            "",
+            "## `DecoderInputs`",
+            "",
+            (ast.get_docstring(inputs) or "").strip(),
+            "",
+            *_fields(source, inputs),
+            "",
+            *_table(["method or property", "what"], method_rows),
+            "",
+        ]
+    )
+
+
+PAGES = {
+    "options.md": options_page,
+    "marker.md": marker_page,
+    "cli.md": cli_page,
+    "record.md": record_page,
+    "decoder.md": decoder_page,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def _short(path: str) -> str:
 
 
 def decoder(name: str, *, stop_reads: int = 1, description: str | None = None) -> Callable[[F], F]:
-    """Register ``fn(model, inputs) -> new_tokens`` as the stream mode ``name`` (see the module docstring).
+    """Register ``fn(model, inputs) -> new_tokens`` as the stream mode ``name`` (``inputs``: ``DecoderInputs``).
 
     ``stop_reads``: blocking reads a decode step may make for the stop check (one-element bool tensors read
     outside the model's forward); every other read in a step is hidden and counts against the sync budget.
@@ -108,36 +108,31 @@ def get_decoder(name: str) -> Decoder | None:
 
 @dataclass
 class DecoderInputs:
-    """What a decoder of your own is given: one request, and a cache built as the plugin's loop gets it.
+    """What a decoder of your own is given: one request, and a cache built as the plugin's loop gets it."""
 
-    ``input_ids`` [B, P] (left padded), ``attention_mask`` [B, P] (1 = real token; all ones when no row is
-    padded), ``cache`` (the variant's: a fresh ``DynamicCache``, the preallocated ``StaticCache`` reset, or None
-    for ``cache="none"``), ``max_new_tokens``, ``eos_token_ids`` [E] (on the device; empty: no stop),
-    ``pad_token_id`` (what a row emits after its stop). ``position_ids`` [B, P + N]: each position's id as
-    generate() passes them (counted from a row's first real token). ``cache_keyword``: the name the model's
-    forward takes its cache by. ``runtime``: the device seam (streams, events, pinned flags) for a decoder that
-    overlaps steps: through it the CUDA simulator checks the stream order on the CPU.
-    ``forward_kwargs(start, end)``: every keyword a forward over positions [start, end) gets from generate()
-    (positions, the mask of a padded batch, the cache), so ``model(ids, **inputs.forward_kwargs(s, e))``.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    input_ids: torch.Tensor  # [B, P] prompts, left padded when their lengths differ
+    attention_mask: torch.Tensor  # [B, P], 1 for a real token (all ones when no row is padded)
+    # the variant's cache, built as the plugin's loop gets it: a fresh DynamicCache, the preallocated StaticCache
+    # reset, or None for cache="none"
     cache: Cache | None
-    max_new_tokens: int
-    eos_token_ids: torch.Tensor
-    pad_token_id: int
-    position_ids: torch.Tensor | None
-    cache_keyword: str
+    max_new_tokens: int  # the most new tokens a row may get
+    eos_token_ids: torch.Tensor  # [E] stop tokens, on the device (empty: no stop)
+    pad_token_id: int  # what a row emits after its stop
+    position_ids: torch.Tensor | None  # [B, P + N] each position's id as generate() passes them (None: not taken)
+    cache_keyword: str  # the keyword the model's forward takes its cache by ("cache", or "past_key_values")
+    # the device seam (streams, events, pinned flags) for a decoder that overlaps steps: through it the CUDA
+    # simulator checks your stream order on a CPU
     runtime: DeviceRuntime
-    call: ForwardCall = field(repr=False)
+    call: ForwardCall = field(repr=False)  # how forward_kwargs builds a forward's keywords (forward.py)
 
     @property
     def batch_size(self) -> int:
+        """Rows: ``input_ids.shape[0]``."""
         return int(self.input_ids.shape[0])
 
     @property
     def prompt_len(self) -> int:
+        """Prompt width, padding included: ``input_ids.shape[1]``."""
         return int(self.input_ids.shape[1])
 
     def forward_kwargs(self, start: int, end: int) -> dict[str, Any]:
