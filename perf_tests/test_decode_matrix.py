@@ -69,3 +69,18 @@ def test_tensor_parallel(decode_result: VariantResult) -> None:
     assert record["tp"] == decode_result.variant.tp
     if record["tp"] > 1:
         assert record["collectives_per_step"] and record["world_size"] >= record["tp"]
+
+
+@pytest.mark.decode_perf(
+    cache="dynamic",
+    stream=("hf-generate", "hf-prompt-lookup", "hf-assisted"),
+    batch_size=1,
+    new_tokens=64,
+    draft="self",
+)
+def test_speculative_decoding(decode_result: VariantResult) -> None:
+    """generate()'s prompt lookup and a draft model (here the model as its own draft: every proposal it makes the
+    verifier keeps, the most a draft can save, against what a second model costs); each against plain generate()."""
+    record = decode_result.record()
+    if decode_result.variant.stream != "hf-generate":
+        assert record["verify_steps"] == decode_result.output.steps and record["paired_with"] == "hf-generate"

@@ -58,6 +58,15 @@ def decode_model(request: pytest.FixtureRequest, decode_variant: Variant) -> Pre
 
 
 @pytest.fixture
+def draft_model(request: pytest.FixtureRequest, decode_variant: Variant) -> PreTrainedModel | None:
+    """The draft model of an ``hf-assisted`` item (its marker's ``draft=``); override it in conftest.py to give
+    your own. None for every other stream mode."""
+    if decode_variant.stream != "hf-assisted" or decode_variant.draft in (None, "self"):
+        return None  # "self": the item's own model, the runner's to give
+    return session(request.config).runner.model(decode_variant.draft, decode_variant.dtype)
+
+
+@pytest.fixture
 def decode_result(_decodeperf_param: tuple[Variant, bool] | None) -> VariantResult | None:
     """The measured result of this item (tokens, metrics, parity verdict), in the test body.
 
@@ -79,3 +88,8 @@ def _decodeperf_autorun(request: pytest.FixtureRequest, _decodeperf_param: tuple
     if dp.ranks is not None and not dp.ranks.runs(_decodeperf_param[0]):
         return  # a rank that sits this item out (tp=1 runs on rank 0 alone)
     request.node.stash[MODEL_KEY] = request.getfixturevalue("decode_model")
+    variant = _decodeperf_param[0]
+    if variant.stream == "hf-assisted" and variant.draft is not None:
+        draft = request.getfixturevalue("draft_model")
+        if draft is not None:
+            dp.runner.use_draft(variant.draft, draft)

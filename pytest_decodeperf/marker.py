@@ -26,6 +26,8 @@ def decode_perf(
     prompts: str = "random",
     dtype: str | Sequence[str] = "float32",
     tp: int | Sequence[int] = 1,
+    draft: str | None = None,
+    lookup_tokens: int = 4,
 ) -> None:
     """Signature of the marker (never called): each keyword takes one value or a sequence."""
 
@@ -52,6 +54,9 @@ KEYWORDS: dict[str, str] = {
     "dtype": "the weights' dtype",
     "tp": "tensor-parallel ranks the model is sharded over (tp=2: ids gain -tp2; the plugin starts the ranks, or "
     "runs under torchrun or srun)",
+    "draft": "hf-assisted's draft model: a zoo name, a checkpoint, the label your draft_model fixture serves, or "
+    "'self' (the model as its own draft: every proposal kept) (ids gain -draft-<label>)",
+    "lookup_tokens": "hf-prompt-lookup: the most tokens one n-gram lookup proposes (ids gain -lookupN off the default)",
 }
 MARKER_DOC = (
     "decode_perf("
@@ -169,6 +174,8 @@ def parse_marker(
         _seq(dtype if dtype is not None else a["dtype"]),
         prompt_points,
         tuple(dict.fromkeys(_seq(tp if tp is not None else a["tp"]))),
+        draft=a["draft"],
+        lookup_tokens=a["lookup_tokens"],
     )
     return variants, a["parity"]
 

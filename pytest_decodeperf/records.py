@@ -127,6 +127,20 @@ class ResultRecord(TypedDict):
     collectives_per_step: float | None  # collectives a decode step launches on one rank, counted by op
     collective_bytes_per_step: float | None  # their payload bytes (an all-gather's result, the others' input)
     collective_ops: dict[str, float]  # per decode step by kind: {"all_reduce": 8.0, "all_gather": 1.0}
+    # What "vs_baseline" alternated with: "baseline" (the plugin's loop), or "hf-generate" for a speculative mode (what
+    # speculation saves); None where not paired (older records: absent, meaning "baseline").
+    paired_with: str | None
+    # Speculative decoding (hf-prompt-lookup, hf-assisted; None for the other modes; older records: absent). Their
+    # steps are verify steps, and the counts come from where generate() decides (engine/decode/hf_generate.py).
+    draft: str | None  # hf-assisted's draft model
+    lookup_tokens: int | None  # hf-prompt-lookup: the most tokens one lookup proposes
+    verify_steps: int | None  # the model's forwards, each verifying the proposals and yielding one token more
+    draft_steps: int | None  # the draft model's forwards (0: prompt lookup)
+    proposed_tokens: int | None  # tokens proposed in one generation
+    accepted_tokens: int | None  # of those, the ones the verifier kept
+    acceptance_rate: float | None  # accepted / proposed
+    mean_accepted_length: float | None  # tokens a verify step yields on average: 1 + accepted / verify steps
+    draft_bytes_per_step: float | None  # what one draft step reads (the draft's weights and K/V)
 
 
 class ABMetric(TypedDict):

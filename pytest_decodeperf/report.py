@@ -108,6 +108,23 @@ def routed_experts(records: Sequence[ResultRecord]) -> list[str]:
     ]
 
 
+def speculation(records: Sequence[ResultRecord]) -> list[str]:
+    """One line per speculative variant: what its verifier kept, and what its "vs baseline" is against."""
+    lines = []
+    for r in records:
+        length, rate = r.get("mean_accepted_length"), r.get("acceptance_rate")
+        if length is None:
+            continue
+        accepted = f"acceptance {100 * rate:.0f}%" if rate is not None else "nothing proposed"
+        draft = f" + {r.get('draft_steps')} draft steps" if r.get("draft_steps") else ""
+        against = f"; vs {r.get('paired_with')}" if r.get("paired_with") else ""
+        lines.append(
+            f"{r['stream']} {model_label(r)} {r['cache']} b{r['batch_size']}: {length:.2f} tokens a verify step "
+            f"({accepted}, {r.get('proposed_tokens')} proposed, {r.get('verify_steps')} verify steps{draft}){against}"
+        )
+    return lines
+
+
 PROMPT_ORDER = ("random", "mixed", "text")
 
 
@@ -282,6 +299,7 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
     out += [f"note: {line}" for line in prefill_by_prompt(rows)]
     out += [f"note: {line}" for line in dynamic_peaks(rows)]
     out += [f"note: {line}" for line in routed_experts(rows)]
+    out += [f"note: {line}" for line in speculation(rows)]
     out.append("note: '-' = not measured here (no decode step, not counted under torch.compile, or no baseline)")
     unstable = [r for r in rows if r.get("unstable")]
     if unstable:

@@ -102,6 +102,8 @@ def marker_page() -> str:
         "prompts": ", ".join(f"`{p}`" for p in PROMPTS) + " (one value)",
         "dtype": ", ".join(f"`{d}`" for d in DTYPES),
         "tp": "integers >= 1: at most the devices, dividing the model's heads",
+        "draft": "a zoo name, a checkpoint directory, or your `draft_model` fixture's label (one value)",
+        "lookup_tokens": "an integer >= 1 (one value)",
     }
     missing = sorted(set(SIGNATURE.parameters) - set(values))
     if missing:
@@ -128,7 +130,8 @@ def marker_page() -> str:
             "def test_decode(decode_result): ...",
             "```",
             "",
-            "Each keyword takes one value or a sequence (but `parity`, `prompts` and `max_syncs_per_step`: one",
+            "Each keyword takes one value or a sequence (but `parity`, `prompts`, `max_syncs_per_step`, `draft` and",
+            "`lookup_tokens`: one",
             "value); the test is parametrized over the product of all of them. An unknown keyword or value fails",
             "collection with one line naming it. Ids read `model-cache-stream-bN`, then `-pN` / `-pNmixed` when",
             "the prompt varies, `-nN` / `-stop-X` when the length or the stop varies, `-compiled`.",

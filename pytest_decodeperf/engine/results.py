@@ -9,6 +9,7 @@ import torch
 
 from ..records import ResultRecord
 from .decode.loop import DecodeOutput
+from .decode.request import SPECULATION_FIELDS
 from .measure.counting import SyncReport
 from .measure.profiling import ProfileStats
 from .measure.rounds import Measurement
@@ -82,5 +83,9 @@ class VariantResult:
             **(self.profile.fields() if self.profile is not None else ProfileStats.absent()),
             **(self.roofline.fields(m.ms_per_token) if self.roofline else dict.fromkeys(ROOFLINE_FIELDS)),
             **(self.tp if self.tp is not None else TPInfo(v.tp, 1, None)).fields(),
+            "paired_with": v.paired().stream if m.reference_rounds else None,
+            "draft": v.draft,
+            "lookup_tokens": v.lookup_tokens if v.stream == "hf-prompt-lookup" else None,
+            **(out.speculation.fields() if out.speculation is not None else dict.fromkeys(SPECULATION_FIELDS)),
         }
         return cast(ResultRecord, fields)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -36,9 +37,9 @@ from .results import VariantResult
 from .roofline.analytic import MIB, measure_bandwidth
 from .roofline.kv_memory import AllocationWatch
 from .roofline.routing import GenerationProbe, probe_generation
-from .roofline.variant import Roofline, needs_probe, variant_roofline
+from .roofline.variant import Roofline, draft_bytes, needs_probe, variant_roofline
 from .spec.checks import check_compiled, check_drivable, check_dtype
-from .spec.variants import Variant
+from .spec.variants import SELF_DRAFT, Variant
 from .spec.workload import Workload, check_not_degenerate
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Runner:
         # measuring when given, and recorded in every record either way.
         self.threads = threads
         self.held = Held(self.device, seed)
+        self.drafts: dict[str, PreTrainedModel] = {}  # hf-assisted's draft models given by label (use_draft)
         self._bandwidth: float | None = None
         self._last_slot: CacheSlot | None = None
         self._last_watch: AllocationWatch | None = None
@@ -107,6 +109,19 @@ class Runner:
     def workload(self, model: PreTrainedModel, variant: Variant) -> Workload:
         return self.held.workload(model, variant)
 
+    def use_draft(self, label: str, model: PreTrainedModel) -> None:
+        """The draft ``hf-assisted`` variants naming ``label`` get (else the zoo model or checkpoint of that name)."""
+        self.drafts[label] = model
+
+    def draft(self, variant: Variant, model: PreTrainedModel) -> PreTrainedModel | None:
+        """``hf-assisted``'s draft: one given by ``use_draft``, ``model`` itself for ``draft="self"``, else the zoo
+        model or checkpoint the label names."""
+        if variant.stream != "hf-assisted" or variant.draft is None:
+            return None
+        if variant.draft in self.drafts:
+            return self.drafts[variant.draft]
+        return model if variant.draft == SELF_DRAFT else self.model(variant.draft, variant.dtype)
+
     # --- the seam: one generation of a variant --------------------------------------------------------------
 
     def generation(self, model: PreTrainedModel, variant: Variant, workload: Workload) -> Generation:
@@ -114,7 +129,8 @@ class Runner:
         ready = False
         if variant.cache == "none" or workload.attention_mask is not None:
             ready = self.held.of(model).ready_mask(model)
-        return generation_for(variant.stream, variant.cache, variant.compile, ready)
+        draft = self.draft(variant, model)
+        return generation_for(variant.stream, variant.cache, variant.compile, ready, draft, variant.lookup_tokens)
 
     def _slot(self, model: PreTrainedModel, variant: Variant) -> CacheSlot:
         return CacheSlot(get_cache(variant.cache), model, variant.batch_size, variant.prompt_len + variant.new_tokens)
@@ -238,7 +254,7 @@ class Runner:
         probe = self.probe(model, variant) if needs_probe(model) else None
         slot = self._last_slot
         kept = slot.kept if slot is not None and variant.cache == "static" else None
-        return variant_roofline(
+        roof = variant_roofline(
             model,
             variant,
             output.steps,
@@ -248,6 +264,11 @@ class Runner:
             watch=self._last_watch if kept is not None else None,
             generation_peak=measurement.generation_peak_bytes if measurement is not None else None,
         )
+        draft = self.draft(variant, model)
+        if draft is None or output.speculation is None:
+            return roof
+        per_step, note = draft_bytes(draft, variant, output.speculation.draft_steps)
+        return replace(roof, draft_bytes_per_step=per_step, note="; ".join(n for n in (roof.note, note) if n))
 
     # --- a variant, measured ----------------------------------------------------------------------------------
 
@@ -296,7 +317,7 @@ class Runner:
         once = self.run_once_fn(model, variant, workload)
         reference = None
         if self._pairable(model, variant):
-            base = variant.baseline()
+            base = variant.paired()
 
             def reference() -> RunOnce:  # made in measure(), dropped before its memory round
                 return self.run_once_fn(model, base, workload, track=False)

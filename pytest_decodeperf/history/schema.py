@@ -34,10 +34,18 @@ OPTIONAL_PARAMS = (
     "prompt_len",
     "prompts",
     "tp",
+    "draft",
+    "lookup_tokens",
 )  # params only where they take several values
 PARAM_ORDER = BASE_PARAMS + OPTIONAL_PARAMS
 # Params added later, and the value every earlier measurement had (4 random prompt tokens, one process).
-LEGACY_CONSTANTS = {"prompt_len": repr(4), "prompts": repr("random"), "tp": repr(1)}
+LEGACY_CONSTANTS = {
+    "prompt_len": repr(4),
+    "prompts": repr("random"),
+    "tp": repr(1),
+    "draft": repr(None),
+    "lookup_tokens": repr(None),
+}
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,8 @@ def _param_values(rec: ResultRecord) -> dict[str, str]:
         rec.get("prompt_len", 4),  # records from before the prompt axis: LEGACY_CONSTANTS
         rec.get("prompts", "random"),
         rec.get("tp", 1),  # records from before tensor parallel: one process
+        rec.get("draft"),  # records from before speculative modes: none
+        rec.get("lookup_tokens"),
     )
     return {name: repr(value) for name, value in zip(PARAM_ORDER, values, strict=True)}
 

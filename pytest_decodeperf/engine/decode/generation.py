@@ -228,8 +228,24 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def generation_for(stream: str, cache: str, compile: bool | str = False, ready_mask: bool = False) -> Generation:
-    """The generation a stream mode names: a stop policy of the loop, a generate() mode, or a decoder of yours."""
+def generation_for(
+    stream: str,
+    cache: str,
+    compile: bool | str = False,
+    ready_mask: bool = False,
+    draft: PreTrainedModel | None = None,
+    lookup_tokens: int = 4,
+) -> Generation:
+    """The generation a stream mode names: a stop policy of the loop, a generate() mode, or a decoder of yours.
+
+    ``draft``: the draft model of ``hf-assisted``; ``lookup_tokens``: the n-gram length ``hf-prompt-lookup``
+    proposes at most."""
+    if stream == "hf-prompt-lookup":
+        return GenerateGeneration(stream, cache, compile=bool(compile), prompt_lookup_num_tokens=lookup_tokens)
+    if stream == "hf-assisted":
+        if draft is None:
+            raise DecodePerfError("stream mode 'hf-assisted' needs a draft model (draft= in the marker, or a fixture)")
+        return GenerateGeneration(stream, cache, compile=bool(compile), assistant_model=draft)
     if stream in HF_MODES:
         return GenerateGeneration(stream, cache, deferred=stream == "hf-deferred", compile=bool(compile))
     decoder = get_decoder(stream)

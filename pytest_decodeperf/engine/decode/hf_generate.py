@@ -18,7 +18,7 @@ from transformers.generation import utils as gen_utils
 from ...errors import DecodePerfError
 from .observe import NULL_OBSERVER, ForwardSteps, Observer
 from .refusals import model_eos_cleared
-from .request import DecodeOutput, Request
+from .request import DecodeOutput, Request, Speculation
 
 # cache type -> generate() arguments
 _CACHE_ARGS: dict[str, dict[str, Any]] = {
@@ -86,9 +86,12 @@ def hf_generate(
     ``observer`` hears. ``generate_kwargs`` go to generate() (a draft model, prompt lookup)."""
     config = generation_config(request, cache, compile)
     prompts = request.prompts
+    watch = SpeculationWatch(model, generate_kwargs.get("assistant_model"))
+    speculative = "assistant_model" in generate_kwargs or "prompt_lookup_num_tokens" in generate_kwargs
     # The request's stops are the only ones: generate() would fall back to the model's own EOS.
     with (
         ForwardSteps(model, observer) as steps,
+        watch if speculative else contextlib.nullcontext(),
         deferred_stop_check_forced() if deferred else contextlib.nullcontext(),
         model_eos_cleared(model),
     ):
@@ -104,4 +107,58 @@ def hf_generate(
         extra_steps=max(calls - kept, 0),
         host_reads=calls if not deferred else max(calls - 1, 0),
         note="transformers generate()" + (" with DeferredStopCheck forced on" if deferred else ""),
+        speculation=watch.result(calls) if speculative else None,
     )
+
+
+class SpeculationWatch:
+    """Counts what generate()'s speculative decoding proposes and keeps, where it decides it.
+
+    generate() asks its candidate generator for proposals (``get_candidates``) and tells it how many the model
+    kept after verifying them (``update_candidate_strategy(..., num_matches)``, transformers 5.x): both are
+    wrapped on the generator made for this call (``_get_candidate_generator``, shadowed on this model instance
+    only). The draft model's forwards are counted by a hook. Nothing is read on the device that generate() does
+    not read itself.
+    """
+
+    def __init__(self, model: torch.nn.Module, draft: torch.nn.Module | None = None):
+        self.model = model
+        self.draft = draft
+        self.proposed = 0
+        self.accepted = 0
+        self.draft_steps = 0
+        self._handle: Any = None
+
+    def _wrap(self, *args: Any, **kwargs: Any) -> Any:
+        generator = type(self.model)._get_candidate_generator(self.model, *args, **kwargs)  # type: ignore[attr-defined]
+        get, update = generator.get_candidates, generator.update_candidate_strategy
+
+        def get_candidates(input_ids: torch.Tensor, **kw: Any) -> Any:
+            candidates, logits = get(input_ids, **kw)
+            self.proposed += int(candidates.shape[1]) - int(input_ids.shape[1])
+            return candidates, logits
+
+        def update_candidate_strategy(input_ids: torch.Tensor, scores: Any, num_matches: Any) -> Any:
+            self.accepted += int(num_matches)  # a host int there already (valid_tokens.shape[1] - 1)
+            return update(input_ids, scores, num_matches)
+
+        generator.get_candidates, generator.update_candidate_strategy = get_candidates, update_candidate_strategy
+        return generator
+
+    def _count_draft(self, _module: torch.nn.Module, _args: Any, _out: Any) -> None:
+        self.draft_steps += 1
+
+    def __enter__(self) -> SpeculationWatch:
+        object.__setattr__(self.model, "_get_candidate_generator", self._wrap)
+        if self.draft is not None:
+            self._handle = self.draft.register_forward_hook(self._count_draft)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.__dict__.pop("_get_candidate_generator", None)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def result(self, verify_steps: int) -> Speculation:
+        return Speculation(verify_steps, self.proposed, self.accepted, self.draft_steps)

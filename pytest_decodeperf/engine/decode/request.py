@@ -9,6 +9,7 @@ the one rule the loop's trimming and the parity check both follow.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -37,6 +38,51 @@ class Request:
         return int(self.prompts.shape[1])
 
 
+@dataclass(frozen=True)
+class Speculation:
+    """What speculative decoding did in one generation, counted where generate() decides it.
+
+    ``verify_steps``: the model's forwards (each verifies the proposed tokens and yields one more); ``proposed``:
+    the tokens proposed in all (by a draft model or the prompt lookup); ``accepted``: those the verifier kept (its
+    ``n_matches``); ``draft_steps``: the draft model's forwards (0 for prompt lookup).
+    """
+
+    verify_steps: int
+    proposed: int
+    accepted: int
+    draft_steps: int = 0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.proposed if self.proposed else None
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        """Tokens a verify step yields on average: the accepted proposals plus the verifier's own (vLLM's figure)."""
+        return 1.0 + self.accepted / self.verify_steps if self.verify_steps else None
+
+    def fields(self) -> dict[str, Any]:
+        """The record's speculation counts (``records.ResultRecord``)."""
+        return {
+            "verify_steps": self.verify_steps,
+            "draft_steps": self.draft_steps,
+            "proposed_tokens": self.proposed,
+            "accepted_tokens": self.accepted,
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted_length": self.mean_accepted_length,
+        }
+
+
+SPECULATION_FIELDS = (
+    "verify_steps",
+    "draft_steps",
+    "proposed_tokens",
+    "accepted_tokens",
+    "acceptance_rate",
+    "mean_accepted_length",
+)
+
+
 @dataclass
 class DecodeOutput:
     """What one generation produced.
@@ -52,6 +98,7 @@ class DecodeOutput:
     extra_steps: int
     host_reads: int
     note: str = ""
+    speculation: Speculation | None = None  # speculative decoding: what was proposed and what the verifier kept
 
     @property
     def generated(self) -> torch.Tensor:

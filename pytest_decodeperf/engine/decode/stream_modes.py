@@ -198,7 +198,11 @@ register_stop_policy(StopPolicy("nostop", None, 1, "no stop check: runs every st
 HF_MODES: dict[str, str] = {
     "hf-generate": "transformers generate(), greedy, its default blocking StopCheck",
     "hf-deferred": "transformers generate() with its DeferredStopCheck forced on (CUDA only)",
+    "hf-prompt-lookup": "generate() with prompt lookup: n-grams of the prompt proposed, the model verifies (batch 1)",
+    "hf-assisted": "generate() with a draft model proposing tokens, the model verifying them (batch 1; draft=)",
 }
+# The speculative ones: a step is a verify step (several tokens may come of it), their reference is hf-generate.
+SPECULATIVE_MODES = ("hf-prompt-lookup", "hf-assisted")
 
 
 def stream_mode_names() -> list[str]:

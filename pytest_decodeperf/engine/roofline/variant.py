@@ -41,6 +41,7 @@ class Roofline:
     kv_cache_bytes_analytic: int | None = None  # a static cache of the variant's length, from the config
     kv_cache_allocated_bytes: int | None = None  # CUDA, static: the bytes the cache asked the allocator for
     note: str = ""
+    draft_bytes_per_step: float | None = None  # hf-assisted: what a draft step reads (the draft's own roofline)
 
     def fields(self, ms_per_step: float) -> dict[str, Any]:
         """The record's roofline fields; achieved figures are None without a finite decode time."""
@@ -61,6 +62,7 @@ class Roofline:
             "kv_cache_bytes": self.kv_cache_bytes,
             "kv_cache_bytes_analytic": self.kv_cache_bytes_analytic,
             "kv_cache_allocated_bytes": self.kv_cache_allocated_bytes,
+            "draft_bytes_per_step": self.draft_bytes_per_step,
         }
         if self.step is not None:
             out["floor_ms_per_step"] = self.step.total / self.bandwidth * 1e3
@@ -87,6 +89,7 @@ ROOFLINE_FIELDS = (
     "kv_cache_bytes",
     "kv_cache_bytes_analytic",
     "kv_cache_allocated_bytes",
+    "draft_bytes_per_step",
 )
 
 
@@ -159,3 +162,13 @@ def variant_roofline(
         notes.append(allocation.note())
     allocated = allocation.allocated if allocation is not None else None
     return Roofline(step, bandwidth, actual, expected, allocated, "; ".join(notes))
+
+
+def draft_bytes(draft: PreTrainedModel, variant: Variant, draft_steps: int) -> tuple[float | None, str]:
+    """What one step of ``variant``'s draft model reads (its weights and K/V, as a decode step of its own), and a
+    note for the table; a speculative mode's own steps are verify steps of the model (``bytes_per_step``)."""
+    try:
+        step = decode_bytes(draft, variant.batch_size, variant.prompt_len, max(draft_steps, 1), variant.cache)
+    except ValueError as exc:
+        return None, f"draft: no roofline ({exc})"
+    return step.total, f"a step is a verify step; the draft reads {step.total / 1e6:.3g} MB a draft step"

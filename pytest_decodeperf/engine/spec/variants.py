@@ -12,7 +12,7 @@ import torch
 from ...errors import DecodePerfError, check_choice, check_positive
 from ..decode.caches import CACHES
 from ..decode.custom import DECODERS
-from ..decode.stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
+from ..decode.stream_modes import HF_MODES, SPECULATIVE_MODES, STOP_POLICIES, check_stream_mode
 from .models import DTYPES, model_label
 from .workload import DEFAULT_PROMPT_LEN, PROMPTS, STOPS
 
@@ -39,7 +39,15 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "prompt_len": lambda v: check_positive("prompt_len", v),
     "prompts": lambda v: check_choice("prompts", v, PROMPTS),
     "tp": lambda v: check_positive("tp", v),
+    "draft": lambda v: v if v is None or (isinstance(v, str) and v) else _bad("draft", v),
+    "lookup_tokens": lambda v: check_positive("lookup_tokens", v),
 }
+DEFAULT_LOOKUP = 4
+SELF_DRAFT = "self"  # hf-assisted with the model as its own draft: every proposal kept, the most a draft saves
+
+
+def _bad(what: str, value: object) -> None:
+    raise DecodePerfError(f"{what} must be a model name or None, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,10 @@ class Variant:
     prompt_len: int = DEFAULT_PROMPT_LEN  # the longest row's prompt tokens
     prompts: str = "random"  # random, mixed (left padded, lengths spread) or text (the corpus, tokenized)
     tp: int = 1  # tensor-parallel ranks the model is sharded over (engine/parallel/tensor_parallel.py)
+    draft: str | None = (
+        None  # hf-assisted: the draft model (a zoo name, a checkpoint, or a draft_model fixture's label)
+    )
+    lookup_tokens: int = DEFAULT_LOOKUP  # hf-prompt-lookup: the most tokens one lookup proposes
 
     @property
     def id(self) -> str:
@@ -68,6 +80,10 @@ class Variant:
             parts.append(self.dtype)
         if self.tp > 1:
             parts.append(f"tp{self.tp}")
+        if self.stream == "hf-assisted" and self.draft is not None:
+            parts.append(f"draft-{model_label(self.draft)}")
+        if self.stream == "hf-prompt-lookup" and self.lookup_tokens != DEFAULT_LOOKUP:
+            parts.append(f"lookup{self.lookup_tokens}")
         return "-".join(parts)
 
     @property
@@ -88,6 +104,12 @@ class Variant:
 
     def baseline(self) -> Variant:
         return replace(self, stream="baseline")
+
+    def paired(self) -> Variant:
+        """What its rounds alternate with ("vs baseline"): plain generate() for a speculative mode (what speculation
+        saves), else the loop's baseline."""
+        stream = "hf-generate" if self.stream in SPECULATIVE_MODES else "baseline"
+        return replace(self, stream=stream, draft=None, lookup_tokens=DEFAULT_LOOKUP)
 
     @property
     def is_hf(self) -> bool:
@@ -111,12 +133,26 @@ class Variant:
                     f"stream mode {self.stream!r} is a decoder of yours: compile inside it (compile= applies to the "
                     "plugin's loop; the forward hooks that time your steps cannot see into a compiled model)"
                 )
+            if self.stream in SPECULATIVE_MODES:
+                self._check_speculative()
             if self.stream == "hf-deferred" and dev.type != "cuda":
                 raise DecodePerfError(
                     "stream mode 'hf-deferred' needs CUDA: transformers' DeferredStopCheck records "
                     f"torch.Event on the device, which {dev.type!r} does not support"
                 )
         return self
+
+    def _check_speculative(self) -> None:
+        """What transformers' speculative generate() (5.x) cannot run, refused in one line naming why."""
+        if self.batch_size != 1:
+            raise DecodePerfError(
+                f"{self.id}: transformers' speculative generate() runs one row at a time (batch_size=1); got "
+                f"{self.batch_size}"
+            )
+        if self.cache == "none":
+            raise DecodePerfError(f"{self.id}: speculative decoding needs a cache to crop what it rejects (cache=none)")
+        if self.stream == "hf-assisted" and not self.draft:
+            raise DecodePerfError(f"{self.id}: 'hf-assisted' needs a draft model: draft=... in the marker")
 
 
 def matrix(
@@ -130,10 +166,13 @@ def matrix(
     dtypes: Sequence[str] = ("float32",),
     prompts: Sequence[tuple[int, str]] = ((DEFAULT_PROMPT_LEN, "random"),),
     tps: Sequence[int] = (1,),
+    draft: str | None = None,
+    lookup_tokens: int = DEFAULT_LOOKUP,
 ) -> list[Variant]:
     """Every combination, each axis's values checked (``FIELD_CHECKS``), in one order: model, dtype, tp, cache,
     compile, batch, prompt, length, stop, then stream mode (the modes of one configuration stand together, as
-    given). ``prompts``: (prompt_len, kind) points (``marker.prompt_axis``)."""
+    given). ``prompts``: (prompt_len, kind) points (``marker.prompt_axis``). ``draft`` and ``lookup_tokens`` go to
+    the speculative modes' variants only (the others' ids and keys stay as they were)."""
     axes: list[tuple[str, Sequence[Any]]] = [
         ("dtype", dtypes),
         ("tp", tps),
@@ -150,8 +189,15 @@ def matrix(
     for name, values in axes:
         for value in values:
             FIELD_CHECKS[name](value)
+    FIELD_CHECKS["draft"](draft)
+    FIELD_CHECKS["lookup_tokens"](lookup_tokens)
+
     return [
-        Variant(m, c, s, b, n, st, co, dt, p, k, t)
+        Variant(
+            *(m, c, s, b, n, st, co, dt, p, k, t),
+            draft=draft if s == "hf-assisted" else None,
+            lookup_tokens=lookup_tokens if s == "hf-prompt-lookup" else DEFAULT_LOOKUP,
+        )
         for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
             models, dtypes, tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams
         )
