@@ -35,6 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     from .engine.spec.variants import Variant
     from .engine.spec.workload import PROMPTS, default_prompt_lens
     from .errors import check_choice
+    from .fingerprint import of
     from .marker import check_prompt_len, prompt_axis
     from .report import render_table
 
@@ -55,9 +56,11 @@ def _run(args: argparse.Namespace) -> int:
             )
         runner = Runner(device, rounds=args.rounds, warmup=args.warmup, max_time_s=args.max_time)
         records = []
+        environment = of(machine_info(device))
         for variant in variants:
             result = runner.run(variant)
             records.append(result.record())
+            records[-1]["fingerprint"] = environment
             if result.parity is not None and not result.parity.ok:
                 print(result.parity, file=sys.stderr)
             if result.syncs is not None and result.syncs.over_budget:

@@ -7,7 +7,10 @@ it writes ``{"machine": MachineInfo, "ab": [ABRecord, ...]}``: the A/B's verdict
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:  # annotations are strings here: Python 3.10 runs this module without typing.NotRequired
+    from typing_extensions import NotRequired
 
 
 class MachineInfo(TypedDict, total=False):
@@ -26,6 +29,10 @@ class MachineInfo(TypedDict, total=False):
     device: str  # "cpu" or "cuda"
     gpu_name: str | None  # CUDA: the device's name
     gpu_driver: str | None  # CUDA: nvidia-smi's driver version
+    # CUDA: this GPU's clocks as nvidia-smi reads them (None: not readable): "sm"/"mem" now, "max_sm"/"max_mem",
+    # "app_sm"/"app_mem" (application clocks: what it runs at under load unless clocks are locked)
+    gpu_clocks_mhz: dict[str, int] | None
+    cpu_governor: str | None  # cpufreq's scaling governor of CPU 0 (None: the kernel does not say, as in most VMs)
     bandwidth_gb_per_s: float | None  # copy bandwidth measured once per run on the device (engine/roofline/analytic.py)
     canary_ms: float | None  # the drift canary: a fixed matmul loop's median ms (engine/device/machine.py)
 
@@ -127,6 +134,10 @@ class ResultRecord(TypedDict):
     collectives_per_step: float | None  # collectives a decode step launches on one rank, counted by op
     collective_bytes_per_step: float | None  # their payload bytes (an all-gather's result, the others' input)
     collective_ops: dict[str, float]  # per decode step by kind: {"all_reduce": 8.0, "all_gather": 1.0}
+    # What the numbers depend on beyond the code (fingerprint.py): torch, transformers, CUDA, driver, GPU and its
+    # configured clocks, CPU and governor, threads, Python, as strings; a comparison says when two differ (older
+    # records: absent)
+    fingerprint: NotRequired[dict[str, str]]
 
 
 class ABMetric(TypedDict):
