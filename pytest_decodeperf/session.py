@@ -68,6 +68,7 @@ class DecodePerfSession:
     ranks: Rank | None = None  # this process is one rank of a launch (tp/ranks.py)
     not_run: list[str] = field(default_factory=list)  # variants an option could not add, and why
     comparison: Comparison | None = None  # the history gate's, once history() ran (markdown.py renders it)
+    problems: list[str] = field(default_factory=list)  # what stopped a part of the run's end (markdown.py)
     _fingerprint: dict[str, str] | None = None
 
     @property
@@ -274,6 +275,7 @@ class DecodePerfSession:
                 if not self.history(config.rootpath):
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
             except DecodePerfError as exc:
+                self.problems.append(f"asv history: {exc}")
                 self.messages.append(f"decode perf: asv history: {exc}")
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.settings.plot is not None:
