@@ -82,7 +82,7 @@ def failures(items: Sequence[Failure]) -> list[str]:
 def history(cmp: Comparison | None) -> list[str]:
     if cmp is None:
         return []
-    from .history.render import cells, header, notes, sections, tally
+    from .history import render as text  # the terminal's sections, columns and notes
 
     if cmp.ref is None:
         return [f"### History of {cmp.machine}", "", cell(cmp.problem or ""), *(f"- {cell(w)}" for w in cmp.warnings)]
@@ -91,19 +91,19 @@ def history(cmp: Comparison | None) -> list[str]:
     out += [
         f"A regression is worse by more than {cmp.fail_pct:g}% and significant (asv compare's statistics).",
         "",
-        *(f"- {cell(note)}" for note in notes(cmp)),
+        *(f"- {cell(note)}" for note in text.notes(cmp)),
         "",
     ]
-    head = ("", *header(cmp)[1:])
+    head = ("", *text.header(cmp)[1:])
     right = [False, True, True, True, False]
     shown: list[tuple[str, ...]] = []
     folded: list[tuple[str, ...]] = []
-    for title, rows in sections(cmp):
+    for title, rows in text.sections(cmp):
         target = shown if title not in ("Unchanged:", "Not compared:") else folded
-        target += [(title.rstrip(":").lower(), *cells(r)[1:]) for r in rows]
+        target += [(title.rstrip(":").lower(), *text.cells(r)[1:]) for r in rows]
     out += [*(grid(head, shown, right) if shown else ["No metric changed beyond the gate."]), ""]
     out += details(f"{len(folded)} unchanged or not compared", grid(head, folded, right) if folded else [])
-    return [*out, "", tally(cmp), ""]
+    return [*out, "", text.tally(cmp), ""]
 
 
 def _ab_cell(metric: ABMetric | None) -> str:
@@ -129,9 +129,7 @@ def _ab_rank(rec: ABRecord) -> int:
 def ab(records: Sequence[ABRecord], lines: Sequence[str]) -> list[str]:
     if not records:
         return []
-    first = records[0]
-    out = [f"### A/B: {first['ref']} ({first['a_commit'][:8]}) against this checkout ({first['b_commit'][:8]})", ""]
-    out += [cell(lines[0]), ""] if lines else []
+    out = [f"### A/B against {records[0]['ref']}", "", *([cell(lines[0]), ""] if lines else [])]
     head = ["", "item", *(f"{name} B/A (99% CI)" for name in AB_METRICS.values()), "syncs/step A → B"]
     rows = []
     for rec in sorted(records, key=_ab_rank):

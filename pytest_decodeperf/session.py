@@ -176,7 +176,7 @@ class DecodePerfSession:
             return
         outcome.result = result
         record = result.record(nodeid)
-        record["fingerprint"] = self.fingerprint
+        record["fingerprint"] = dict(self.fingerprint)
         self.records.append(record)
 
     def add_records(self, records: list[ResultRecord]) -> None:
