@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     from .engine.spec.variants import matrix
     from .engine.spec.workload import PROMPTS, default_prompt_lens
     from .errors import check_choice
+    from .fingerprint import of
     from .marker import check_prompt_len, prompt_axis
     from .report import render_table
 
@@ -54,9 +55,11 @@ def _run(args: argparse.Namespace) -> int:
             )
         runner = Runner(device, rounds=args.rounds, warmup=args.warmup, max_time_s=args.max_time)
         records = []
+        environment = of(machine_info(device))
         for variant in variants:
             result = runner.run(variant)
             records.append(result.record())
+            records[-1]["fingerprint"] = environment
             if result.parity is not None and not result.parity.ok:
                 print(result.parity, file=sys.stderr)
             if result.syncs is not None and result.syncs.over_budget:

@@ -294,6 +294,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec("warmup", "warmup rounds per variant, timed apart (default 1)", _int("warmup", 0), 1, metavar="N"),
     OptionSpec("json", "write the results as JSON to PATH", _writable_file, None, metavar="PATH"),
+    OptionSpec(
+        "markdown",
+        "write a Markdown report to PATH: the results, the history and A/B verdicts (worse first), and for each "
+        "failing item the command that reproduces it alone; with GITHUB_STEP_SUMMARY set (a GitHub Actions step) it "
+        "is appended there too, PATH or not (-p no:decodeperf-markdown: nowhere)",
+        _writable_file,
+        None,
+        metavar="PATH",
+    ),
     OptionSpec("nvtx", "annotate steps, forwards and stop checks with NVTX ranges", _bool, False, flag=True),
     OptionSpec(
         "profile-steps",
@@ -453,6 +462,7 @@ class Settings:
     max_time: float
     warmup: int
     json: Path | None
+    markdown: Path | None
     nvtx: bool
     profile_steps: tuple[int, int] | None
     asv: str | None

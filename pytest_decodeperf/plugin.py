@@ -51,6 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
     dp = DecodePerfSession(settings)
     if settings.enabled:
         _check_settings(config, dp)
+        from .job_summary import configure as configure_markdown
+
+        configure_markdown(config, dp)  # the Markdown report: --decodeperf-markdown, GITHUB_STEP_SUMMARY
         if settings.ab is not None:
             from .ab.plugin import configure as configure_ab
 

@@ -7,7 +7,10 @@ it writes ``{"machine": MachineInfo, "ab": [ABRecord, ...]}``: the A/B's verdict
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:  # annotations are strings here: Python 3.10 runs this module without typing.NotRequired
+    from typing_extensions import NotRequired
 
 
 class MachineInfo(TypedDict, total=False):
@@ -26,6 +29,10 @@ class MachineInfo(TypedDict, total=False):
     device: str  # "cpu" or "cuda"
     gpu_name: str | None  # CUDA: the device's name
     gpu_driver: str | None  # CUDA: nvidia-smi's driver version
+    # CUDA: this GPU's clocks as nvidia-smi reads them (None: not readable): "sm"/"mem" now, "max_sm"/"max_mem",
+    # "app_sm"/"app_mem" (application clocks: what it runs at under load unless clocks are locked)
+    gpu_clocks_mhz: dict[str, int] | None
+    cpu_governor: str | None  # cpufreq's scaling governor of CPU 0 (None: the kernel does not say, as in most VMs)
     bandwidth_gb_per_s: float | None  # copy bandwidth measured once per run on the device (engine/roofline/analytic.py)
     canary_ms: float | None  # the drift canary: a fixed matmul loop's median ms (engine/device/machine.py)
 
@@ -141,6 +148,10 @@ class ResultRecord(TypedDict):
     acceptance_rate: float | None  # accepted / proposed
     mean_accepted_length: float | None  # tokens a verify step yields on average: 1 + accepted / verify steps
     draft_bytes_per_step: float | None  # what one draft step reads (the draft's weights and K/V)
+    # What the numbers depend on beyond the code (fingerprint.py): torch, transformers, CUDA, driver, GPU and its
+    # configured clocks, CPU and governor, threads, Python, as strings; a comparison says when two differ (older
+    # records: absent)
+    fingerprint: NotRequired[dict[str, str]]
 
 
 class ABMetric(TypedDict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .records import ResultRecord
 
@@ -219,11 +220,32 @@ def _collectives(rec: ResultRecord) -> str:
     return "-" if count is None else f"{count:.3g}" + (f" ({size / 1e3:.1f} kB)" if size else "")
 
 
-def render_table(records: Sequence[ResultRecord], title: str = "decode perf") -> str:
+# Right-aligned: the numbers (the terminal pads them, the Markdown aligns them right).
+NUMERIC = frozenset(
+    {
+        *("batch", "new", "tok/s", "spread", "ms/token", "itl p99", "floor ms", "% bw", "GB/s", "prefill ms"),
+        *("syncs/step", "vs baseline", "tp", "world", "coll/step"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """The results table before layout: the terminal's ``render_table`` and the Markdown report lay it out."""
+
+    columns: tuple[str, ...]
+    rows: list[ResultRecord]  # sorted (``sort_records``)
+    cells: list[list[str]]  # one per row, in ``columns``' order
+
+    @property
+    def ranks(self) -> bool:
+        return self.columns[-len(TP_COLUMNS) :] == TP_COLUMNS
+
+
+def table(records: Sequence[ResultRecord]) -> Table:
     rows = sort_records(records)
     ranks = any(r.get("tp", 1) > 1 or r.get("world_size", 1) > 1 for r in rows)
-    columns = COLUMNS + (TP_COLUMNS if ranks else ())
-    cells = [list(columns)]
+    cells = []
     shaky = {group_key(r) for r in rows if r["stream"] == "baseline" and r.get("unstable")}
     for rec, speed in zip(rows, speedups(rows), strict=True):
         paired = rec.get("vs_baseline") is not None  # its own interval says it all: the baseline's does not enter
@@ -253,17 +275,13 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
                 *((str(rec.get("tp", 1)), str(rec.get("world_size", 1)), _collectives(rec)) if ranks else ()),
             ]
         )
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    numeric = {3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16, 18, 19, 20}
+    return Table(COLUMNS + (TP_COLUMNS if ranks else ()), rows, cells)
 
-    def line(row: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
 
-    rule = "-" * len(line(cells[0]))
-    out = [
-        f"{title}: {len(rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
+def legend(title: str, t: Table) -> str:
+    """What the columns mean, in one line above the table."""
+    return (
+        f"{title}: {len(t.rows)} variants; tok/s and ms/token are medians, spread = IQR/median of tok/s; "
         "prompt = prompt tokens (mixed/text: left-padded rows up to that many); new = max new tokens; "
         "itl p99 = 99th percentile of every decode step's inter-token latency (ms, all rounds); "
         "floor ms = bytes a decode step must move / measured copy bandwidth, "
@@ -275,22 +293,15 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
         + (
             "; tp = ranks the model is sharded over (a round is its slowest rank's; the floor one rank's bytes), "
             "world = processes in the launch, coll/step = collectives a decode step launches on one rank (payload)"
-            if ranks
+            if t.ranks
             else ""
-        ),
-        rule,
-        line(cells[0]),
-        rule,
-    ]
-    current = None
-    for rec, row in zip(rows, cells[1:], strict=True):
-        if test_function(rec) != current:
-            current = test_function(rec)
-            out.append(f"{current}  (stop={rec['stop']})")
-        out.append(line(row))
-    out.append(rule)
-    notes = sorted({n for r in rows for n in r["note"].split("; ") if n})
-    out += [f"note: {n}" for n in notes]
+        )
+    )
+
+
+def notes(rows: Sequence[ResultRecord]) -> list[str]:
+    """The lines below the table: each record's notes, what a column cannot say, and the unstable rows' warning."""
+    out = [f"note: {n}" for n in sorted({n for r in rows for n in r["note"].split("; ") if n})]
     if any(r["stream"] == "nostop" for r in rows):
         out.append(
             "note: nostop runs every step even after all rows finished (see steps): its tok/s counts kept tokens only, "
@@ -308,4 +319,26 @@ def render_table(records: Sequence[ResultRecord], title: str = "decode perf") ->
             "their ratio to the baseline, is wider than +-5%): their 'vs baseline' carries '?' and is not a speedup; "
             "give it more time (--decodeperf-max-time, decodeperf run --max-time), one thread, or a quieter machine"
         )
-    return "\n".join(out)
+    return out
+
+
+def render_table(records: Sequence[ResultRecord], title: str = "decode perf") -> str:
+    t = table(records)
+    cells = [list(t.columns), *t.cells]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(t.columns))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if name in NUMERIC else c.ljust(w) for name, c, w in zip(t.columns, row, widths, strict=True)
+        )
+
+    rule = "-" * len(line(cells[0]))
+    out = [legend(title, t), rule, line(cells[0]), rule]
+    current = None
+    for rec, row in zip(t.rows, t.cells, strict=True):
+        if test_function(rec) != current:
+            current = test_function(rec)
+            out.append(f"{current}  (stop={rec['stop']})")
+        out.append(line(row))
+    out.append(rule)
+    return "\n".join([*out, *notes(t.rows)])

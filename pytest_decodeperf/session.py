@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .engine.results import VariantResult
     from .engine.runner import Runner
     from .engine.spec.variants import Variant
+    from .history.compare import Comparison
 
 
 class Rank(Protocol):
@@ -66,6 +67,9 @@ class DecodePerfSession:
     _canary_samples: list[float] = field(default_factory=list)
     ranks: Rank | None = None  # this process is one rank of a launch (tp/ranks.py)
     not_run: list[str] = field(default_factory=list)  # variants an option could not add, and why
+    comparison: Comparison | None = None  # the history gate's, once history() ran (markdown.py renders it)
+    problems: list[str] = field(default_factory=list)  # what stopped a part of the run's end (markdown.py)
+    _fingerprint: dict[str, str] | None = None
 
     @property
     def delegated(self) -> bool:
@@ -123,6 +127,15 @@ class DecodePerfSession:
         gb_per_s = bandwidth / 1e9 if bandwidth else None
         return machine_info(self.device, self.threads, gb_per_s, self._canary_ms)
 
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """What this process's numbers depend on beyond the code (``fingerprint.py``), kept in each record."""
+        if self._fingerprint is None:
+            from .fingerprint import of
+
+            self._fingerprint = of(self.machine())
+        return self._fingerprint
+
     def header(self) -> str:
         """One line for pytest's header: what every number of this run depends on."""
         info = self.machine()
@@ -162,7 +175,9 @@ class DecodePerfSession:
             outcome.error = str(exc)
             return
         outcome.result = result
-        self.records.append(result.record(nodeid))
+        record = result.record(nodeid)
+        record["fingerprint"] = dict(self.fingerprint)
+        self.records.append(record)
 
     def add_records(self, records: list[ResultRecord]) -> None:
         """Records measured elsewhere (an xdist worker)."""
@@ -211,6 +226,7 @@ class DecodePerfSession:
                 fail_pct=self.settings.fail_on_regression,
                 repo_dir=rootdir,
             )
+            self.comparison = cmp
             self.messages.append(render_table(cmp))
             ok = not cmp.failed
             if cmp.failed:
@@ -259,6 +275,7 @@ class DecodePerfSession:
                 if not self.history(config.rootpath):
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
             except DecodePerfError as exc:
+                self.problems.append(f"asv history: {exc}")
                 self.messages.append(f"decode perf: asv history: {exc}")
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.settings.plot is not None:

@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
+# CI's job summary is CI's own: no inner pytest run of this suite (pytester's, the docs' examples, an A/B's workers)
+# may append its Markdown report there (job_summary.py writes to GITHUB_STEP_SUMMARY when it is set).
+os.environ.pop("GITHUB_STEP_SUMMARY", None)
+
 # Tiny and quick: two timed rounds, no warmup, on the CPU (the default model on CUDA is GPT-2 small).
 FAST = ("--decodeperf-rounds=2", "--decodeperf-max-time=0", "--decodeperf-warmup=0", "--decodeperf-device=cpu")
 

@@ -254,6 +254,7 @@ def test_options_that_change_the_variants_reach_both_workers(tmp_path: Path) -> 
     args = session._worker_args(config, ["test_x.py"])  # type: ignore[arg-type]
     assert "--decodeperf-prompt-lens=16,mixed" in args and "--decodeperf-dtype=bfloat16" in args
     assert f"--decodeperf-model-path={Path('ckpt').resolve()}" in args
+    assert "no:decodeperf-markdown" in args  # a worker inherits GITHUB_STEP_SUMMARY: only the controller reports
     assert args[-1] == "test_x.py"
 
 

@@ -323,6 +323,12 @@ def assert_one_usage_error_line(result: pytest.RunResult, *fragments: str) -> No
         ),
         pytest.param(
             None,
+            ["--decodeperf-markdown=/nonexistent/dir/x.md"],
+            ["'/nonexistent/dir' does not exist", "(from command line --decodeperf-markdown)"],
+            id="markdown-in-a-missing-directory",
+        ),
+        pytest.param(
+            None,
             ["--decodeperf-device=cuda"],
             ["device 'cuda'", "no CUDA device"],
             marks=NO_CUDA,

@@ -95,13 +95,17 @@ def test_ci_runs_dot_ci_run_and_a_lint_job_on_cpu_python_3_11() -> None:
     assert step_running(ci, "lint", "mypy")
 
 
-def test_nightly_runs_on_a_schedule_and_by_hand_on_a_gpu_runner() -> None:
+def test_nightly_runs_on_a_schedule_by_hand_and_on_a_labelled_pull_request_on_a_gpu_runner() -> None:
     nightly = load(NIGHTLY)
 
-    assert set(nightly["on"]) == {"schedule", "workflow_dispatch"}
+    assert set(nightly["on"]) == {"schedule", "workflow_dispatch", "pull_request"}
     assert nightly["on"]["schedule"][0]["cron"].split()[2:] == ["*", "*", "*"], "every night"
     assert nightly["jobs"]["perf"]["runs-on"] == ["self-hosted", "linux", "gpu"]
-    assert nightly["concurrency"]["cancel-in-progress"] is False
+    only = nightly["jobs"]["perf"]["if"]  # a pull request: labelled, and never a fork's code on the runner
+    assert "'decode-perf'" in only and "github.event.pull_request.head.repo.full_name == github.repository" in only
+    # the nightlies queue in one group, never cancelled; a pull request's runs have their own group
+    assert nightly["concurrency"]["cancel-in-progress"] == "${{ github.event_name == 'pull_request' }}"
+    assert nightly["concurrency"]["group"].startswith("nightly-gpu${{ github.event_name == 'pull_request' && ")
 
 
 def test_nightly_pytest_compares_with_asv_history_and_fails_on_a_failed_pipe() -> None:
@@ -126,11 +130,14 @@ def test_nightly_keeps_history_and_dashboard_even_when_pytest_fails() -> None:
 
     publish = step_running(nightly, "perf", "decodeperf publish")
     push = step_running(nightly, "perf", "decodeperf history-push")
-    summary = step_running(nightly, "perf", "GITHUB_STEP_SUMMARY")
+    stopped = step_running(nightly, "perf", "[ ! -s decodeperf-nightly.md ]")
     artifact = step_using(nightly, "perf", "actions/upload-artifact")[0]
     ab = step_running(nightly, "perf", "--decodeperf-ab=")
-    for step in (publish, push, summary, artifact, ab):
+    (comment,) = step_using(nightly, "perf", "actions/github-script")
+    for step in (publish, push, stopped, artifact, ab, comment):
         assert "!cancelled()" in step["if"], f"{step['name']!r} must run after a failed pytest"
+    for step in (publish, push):  # a pull request's numbers stay out of the history and the dashboard
+        assert "github.event_name != 'pull_request'" in step["if"], step["name"]
     assert ".asv/html" in artifact["with"]["path"]
     order = steps(nightly, "perf")
     assert order.index(step_running(nightly, "perf", "--decodeperf-asv --decodeperf-compare")) < order.index(push)
@@ -158,7 +165,26 @@ def test_nightly_ab_runs_against_the_previous_nightly_before_the_push_and_its_ta
     known = {spec.flag_name for spec in OPTIONS}
     assert {w.split("=")[0] for w in words if w.startswith("--decodeperf")} <= known
     assert '--commit "$GITHUB_SHA"' in push["run"]  # so tomorrow's history-last finds tonight's commit
-    summary = step_running(nightly, "perf", "GITHUB_STEP_SUMMARY")["run"]
-    assert "decode perf A\\/B" in summary and "decodeperf-ab.log" in summary
+    assert words[words.index("--decodeperf-markdown") + 1] == "decodeperf-ab.md"
+    assert 'if [ -n "$BASE_SHA" ]; then' in run and ab["env"]["BASE_SHA"] == "${{ github.event.pull_request.base.sha }}"
     artifact = step_using(nightly, "perf", "actions/upload-artifact")[0]
     assert "decodeperf-ab.log" in artifact["with"]["path"]
+
+
+def test_the_report_goes_to_the_job_summary_and_on_a_pull_request_to_one_comment() -> None:
+    """pytest appends its Markdown report to the job summary itself (GITHUB_STEP_SUMMARY is set in a step); the
+    copies it writes with --decodeperf-markdown become the pull request's comment and part of the artifact."""
+    nightly = load(NIGHTLY)
+    order = steps(nightly, "perf")
+    perf = step_running(nightly, "perf", "--decodeperf-asv --decodeperf-compare")
+    words = shlex.split(perf["run"].split("python -m pytest", 1)[1].replace("\\\n", " "), comments=True)
+    assert words[words.index("--decodeperf-markdown") + 1] == "decodeperf-nightly.md"
+    ab = step_running(nightly, "perf", "--decodeperf-ab=")
+    (comment,) = step_using(nightly, "perf", "actions/github-script")
+    assert "github.event_name == 'pull_request'" in comment["if"]
+    assert order.index(perf) < order.index(ab) < order.index(comment)
+    script = comment["with"]["script"]
+    assert '"decodeperf-nightly.md", "decodeperf-ab.md"' in script and "updateComment" in script
+    assert nightly["jobs"]["perf"]["permissions"]["pull-requests"] == "write"
+    artifact = step_using(nightly, "perf", "actions/upload-artifact")[0]
+    assert {"decodeperf-nightly.md", "decodeperf-ab.md"} <= set(artifact["with"]["path"].split())

@@ -40,6 +40,7 @@ class ABSession:
         """Both sides collect the same files (not node ids: one REF lacks would stop pytest there)."""
         args = ["--continue-on-collection-errors"]
         args += ["-o", "decodeperf_ab="]  # a worker never starts an A/B of its own (the ini may ask for one)
+        args += ["-p", "no:decodeperf-markdown"]  # nor writes a report (it inherits GITHUB_STEP_SUMMARY)
         return [*pytest_args(config, self.settings, self.device), *args, *files]
 
     def start(self, config: pytest.Config, items: list[pytest.Item], marked: list[str]) -> None:

@@ -30,10 +30,12 @@ from asv.commands.compare import _is_result_better
 from asv_runner.statistics import get_err
 
 from ..errors import DecodePerfError
+from ..fingerprint import differences
 from ..git import git
 from ..records import ResultRecord
 from .config import commit_date_ms, local_repo, machine_name
-from .schema import METRIC_BY_NAME, PREFIX, Point, env_name, plan
+from .render import render_table as render_table  # the comparison for the terminal (render.py), where it was
+from .schema import METRIC_BY_NAME, Point, env_name, plan
 from .storage import known_definitions, load_results
 
 MARKS = {
@@ -58,6 +60,7 @@ class Row:
     old_err: float | None = None  # half the interquartile range, as asv shows it
     new_err: float | None = None
     note: str = ""
+    test: str = ""  # the pytest item measured (its nodeid): what reproduces the row alone
 
     @property
     def label(self) -> str:
@@ -76,6 +79,7 @@ class Comparison:
     problem: str | None = None  # why nothing was compared; a report, not a failure
     warnings: list[str] = field(default_factory=list)
     drift: Drift | None = None  # the machine's own move between the two runs (None: no canary in one of them)
+    environment: list[str] = field(default_factory=list)  # how the two runs' fingerprints differ (fingerprint.py)
 
     @property
     def regressions(self) -> list[Row]:
@@ -247,7 +251,7 @@ def _row(
 ) -> Row:
     params = dict(zip(entry["param_names"], point.params, strict=True))
     new_err = _err(point.value, point.stats)
-    base = Row(point.benchmark, params, entry["unit"], None, point.value, None, " ", None, new_err)
+    base = Row(point.benchmark, params, entry["unit"], None, point.value, None, " ", None, new_err, test=point.test)
     if ref_res.benchmark_version.get(point.benchmark) not in (None, entry["version"]):
         return replace(base, note="not comparable: the metric's definition changed")
     value, stats, samples = old.get(point.params, (None, None, None))
@@ -301,6 +305,9 @@ def compare_with_history(
         cmp.problem = f"nothing to compare with: {problem} in {results_dir / name} ({envs[0]})"
         return cmp
     ref_res = history[cmp.ref]
+    # write_history keeps each run's fingerprint as the results file's requirements (older files: the versions)
+    old_env = {str(k): str(v) for k, v in (getattr(ref_res, "_requirements", None) or {}).items()}
+    cmp.environment = differences(old_env, next((r["fingerprint"] for r in records if r.get("fingerprint")), {}))
     defs, points = plan(records, known_definitions(results_dir))
     factor = 1 + fail_pct / 100
     old = {b: _old_values(ref_res, b) for b in defs}
@@ -330,70 +337,3 @@ def _drift(points: Sequence[Point], old: dict[str, dict[tuple[str, ...], Any]]) 
         if value is not None and value == value and value > 0:
             return Drift(_span(value, samples), _span(point.value, point.samples))
     return None
-
-
-def _value(value: float | None, unit: str, err: float | None) -> str:
-    return "n/a" if value is None else str(asv_util.human_value(value, unit, err=err))
-
-
-def render_table(cmp: Comparison) -> str:
-    """The comparison for the terminal, in ``asv compare --split``'s sections and columns."""
-    head = f"asv history of {cmp.machine}"
-    if cmp.ref is None:
-        return "\n".join([f"{head}: {cmp.problem}", *cmp.warnings])
-    now = cmp.current[:8] if cmp.current else "this run"
-    lines = [
-        f"{head} ({cmp.env}): {now} against {cmp.ref[:8]}; a regression is worse by more than "
-        f"{cmp.fail_pct:g}% and significant (asv compare's statistics); '~': not significant",
-        *cmp.warnings,
-        *(
-            [cmp.drift.describe()]
-            if cmp.drift is not None
-            and (cmp.drift.moved(1 + cmp.fail_pct / 100) or any(r.mark == "?" for r in cmp.rows))
-            else []
-        ),
-        *(
-            ["no drift canary in one of the two runs (an older history): judged by asv's statistics alone"]
-            if cmp.drift is None and cmp.rows
-            else []
-        ),
-    ]
-    sections = (
-        ("Worsened:", [r for r in cmp.rows if r.mark == "+"]),
-        ("Improved:", [r for r in cmp.rows if r.mark == "-"]),
-        ("No verdict:", [r for r in cmp.rows if r.mark == "?"]),
-        ("Not significant:", [r for r in cmp.rows if r.mark == "~" and r.ratio is not None]),
-        ("Unchanged:", [r for r in cmp.rows if r.mark == " " and r.ratio is not None]),
-        ("Not compared:", [r for r in cmp.rows if r.ratio is None]),
-    )
-    header = ("Change", f"Before [{cmp.ref[:8]}]", f"After [{now}]", "Ratio", "Benchmark (Parameter)")
-    for title, rows in sections:
-        if not rows:
-            continue
-        table = [header] + [
-            (
-                r.mark,
-                _value(r.old, r.unit, r.old_err),
-                _value(r.new, r.unit, r.new_err),
-                ("~" if r.mark == "~" else "") + (f"{r.ratio:.2f}" if r.ratio is not None else "n/a"),
-                r.label.removeprefix(PREFIX + ".") + (f"  [{r.note}]" if r.note else ""),
-            )
-            for r in rows
-        ]
-        widths = [max(len(row[i]) for row in table) for i in range(4)]
-        lines += ["", title] + [
-            "  ".join(
-                [
-                    *(
-                        cell.rjust(w) if i in (1, 2, 3) else cell.ljust(w)
-                        for i, (cell, w) in enumerate(zip(row[:4], widths, strict=True))
-                    ),
-                    row[4],
-                ]
-            ).rstrip()
-            for row in table
-        ]
-    optional = ("No verdict:", "Not significant:")  # counted only where there are some
-    counts = {title: len(rows) for title, rows in sections if rows or title not in optional}
-    lines += ["", ", ".join(f"{n} {t.rstrip(':').lower()}" for t, n in counts.items())]
-    return "\n".join(lines)

@@ -30,6 +30,7 @@ from asv.results import Results, get_filename
 from asv.runner import BenchmarkResult
 from filelock import FileLock
 
+from .. import fingerprint
 from ..atomic import write_text_atomic
 from ..errors import DecodePerfError
 from ..records import MachineInfo, ResultRecord
@@ -186,12 +187,10 @@ def write_history(
         write_text_atomic(machine_dir / SIDECAR, _json_text({"benchmarks": sidecar_data}, 1))
         entries = bench_json | {n: d.entry for n, d in defs.items()}
         write_text_atomic(results_dir / "benchmarks.json", _json_text(entries, 2))
-        # machine.json also names the GPU and the versions, for people reading the dashboard.
-        extra = {
-            k: machine.get(k)
-            for k in ("device", "gpu_name", "gpu_driver", "cuda", "torch", "transformers", "python", "platform")
-        }
-        fields = {**old_machine, **_machine_fields(name, machine), **{k: str(v) for k, v in extra.items() if v}}
+        # machine.json also names the device, the platform and the fingerprint (GPU, versions, clocks, governor),
+        # for people reading the dashboard: the latest run's, as asv keeps it.
+        extra = {k: str(v) for k in ("device", "platform") if (v := machine.get(k))} | fingerprint.of(machine)
+        fields = {**old_machine, **_machine_fields(name, machine), **extra}
         write_text_atomic(machine_json, _json_text(fields, Machine.api_version))
         paths = [results_dir / get_filename(name, commit_hash, env) for env in results]
         for path, res in zip(paths, results.values(), strict=True):
@@ -203,10 +202,11 @@ def write_history(
 
 def _results(results_dir: Path, machine: str, commit: str, env: str, date: int, info: MachineInfo) -> Any:
     """The results of this commit and env, with what its file already holds."""
-    # Graph params: versions stay out (a torch upgrade must not start a new line); they go to requirements.
+    # Graph params: versions stay out (a torch upgrade must not start a new line); the fingerprint (versions, GPU,
+    # clocks, governor, threads) goes to requirements, where the gate reads the reference run's (compare.py).
     python = ".".join(str(info.get("python") or platform.python_version()).split(".")[:2])
     params = {**_machine_fields(machine, info), "python": python, "device": env.removeprefix(PREFIX + "-")}
-    requirements = {k: str(info.get(k)) for k in ("torch", "transformers", "cuda", "gpu_driver") if info.get(k)}
+    requirements = fingerprint.of(info)
     res = Results(params, requirements, commit, date, python, env, {})
     if (path := results_dir / get_filename(machine, commit, env)).exists():
         old = load_results(path, machine)

@@ -33,18 +33,73 @@ def _ram_bytes() -> int:
         return 0
 
 
-def _gpu_driver() -> str | None:
+GOVERNOR = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
+# What nvidia-smi is asked, in its own names, and the keys of ``MachineInfo.gpu_clocks_mhz`` the clocks become.
+GPU_QUERY = (
+    "uuid",
+    "driver_version",
+    "clocks.sm",
+    "clocks.mem",
+    "clocks.max.sm",
+    "clocks.max.mem",
+    "clocks.applications.graphics",
+    "clocks.applications.memory",
+)
+CLOCK_KEYS = ("sm", "mem", "max_sm", "max_mem", "app_sm", "app_mem")
+
+
+def cpu_governor(path: str = GOVERNOR) -> str | None:
+    """cpufreq's governor of CPU 0 (``performance``, ``powersave``, ...): None where the kernel does not say (VMs)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def parse_gpu_query(text: str, uuid: str | None = None) -> tuple[str | None, dict[str, int] | None]:
+    """nvidia-smi's ``--query-gpu=GPU_QUERY --format=csv,noheader,nounits`` answer: (driver, clocks in MHz).
+
+    The row of the GPU with ``uuid`` (torch's, with or without nvidia-smi's ``GPU-``), else the only row; with
+    several GPUs and none matching, the driver (one per machine) but no clocks. A clock nvidia-smi cannot read
+    (``[N/A]``, ``[Not Supported]``) is left out; none readable is None.
+    """
+    rows = [[cell.strip() for cell in line.split(",")] for line in text.strip().splitlines() if line.strip()]
+    rows = [row for row in rows if len(row) == len(GPU_QUERY)]
+    if not rows:
+        return None, None
+    want = str(uuid).removeprefix("GPU-") if uuid else None
+    mine = [row for row in rows if want and row[0].removeprefix("GPU-") == want]
+    row = mine[0] if mine else rows[0] if len(rows) == 1 else None
+    driver = (row or rows[0])[1] or None
+    if row is None:
+        return driver, None
+    clocks = {key: int(float(cell)) for key, cell in zip(CLOCK_KEYS, row[2:], strict=True) if _number(cell)}
+    return driver, clocks or None
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _nvidia_smi(dev: torch.device) -> tuple[str | None, dict[str, int] | None]:
+    """The driver and this GPU's clocks, where nvidia-smi runs (None, None where it does not)."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={','.join(GPU_QUERY)}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        uuid = getattr(torch.cuda.get_device_properties(dev), "uuid", None)
+    except (OSError, subprocess.TimeoutExpired, RuntimeError):
+        return None, None
+    return parse_gpu_query(out.stdout, str(uuid) if uuid else None) if out.returncode == 0 else (None, None)
 
 
 def drift_canary_ms(device: torch.device | str, threads: int | None = None, repeats: int = 7) -> float:
@@ -85,9 +140,11 @@ def machine_info(
     bandwidth_gb_per_s: float | None = None,
     canary_ms: float | None = None,
 ) -> MachineInfo:
-    """``threads``: the count measurements pin (default: torch's current one)."""
+    """``threads``: the count measurements pin (default: torch's current one). Its fingerprint (``fingerprint.py``)
+    is what a comparison of two runs checks before it blames the code."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
+    driver, clocks = _nvidia_smi(dev) if cuda else (None, None)
     return MachineInfo(
         hostname=socket.gethostname(),
         platform=platform.platform(),
@@ -101,7 +158,9 @@ def machine_info(
         cuda=torch.version.cuda,
         device=dev.type,
         gpu_name=torch.cuda.get_device_name(dev) if cuda else None,
-        gpu_driver=_gpu_driver() if cuda else None,
+        gpu_driver=driver,
+        gpu_clocks_mhz=clocks,
+        cpu_governor=cpu_governor(),
         bandwidth_gb_per_s=bandwidth_gb_per_s,
         canary_ms=canary_ms,
     )
