@@ -205,8 +205,9 @@ class DecodePerfSession:
 
     def history(self, rootdir: Path) -> bool:
         """Compare with history (if asked), then add this run to it (if asked). False: a regression."""
-        from .history.compare import compare_with_history, render_table
+        from .history.compare import compare_with_history
         from .history.config import current_commit
+        from .history.render import render_table
         from .history.storage import write_history
 
         commit = current_commit(rootdir)

@@ -11,7 +11,7 @@ from test_regression import Repo, compare
 
 from pytest_decodeperf import fingerprint
 from pytest_decodeperf.engine.device.machine import cpu_governor, machine_info, parse_gpu_query
-from pytest_decodeperf.history.compare import render_table
+from pytest_decodeperf.history.render import render_table
 from pytest_decodeperf.records import MachineInfo
 
 # nvidia-smi --query-gpu=uuid,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,

@@ -21,7 +21,8 @@ from test_asv_history import (  # noqa: F401
 )
 
 from pytest_decodeperf.errors import DecodePerfError
-from pytest_decodeperf.history.compare import Comparison, Row, compare_with_history, render_table
+from pytest_decodeperf.history.compare import Comparison, Row, compare_with_history
+from pytest_decodeperf.history.render import render_table
 from pytest_decodeperf.history.storage import write_history
 from pytest_decodeperf.records import ResultRecord
 

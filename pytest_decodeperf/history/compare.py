@@ -34,7 +34,6 @@ from ..fingerprint import differences
 from ..git import git
 from ..records import ResultRecord
 from .config import commit_date_ms, local_repo, machine_name
-from .render import render_table as render_table  # the comparison for the terminal (render.py), where it was
 from .schema import METRIC_BY_NAME, Point, env_name, plan
 from .storage import known_definitions, load_results
 
