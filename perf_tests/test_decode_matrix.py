@@ -75,7 +75,7 @@ def test_tensor_parallel(decode_result: VariantResult) -> None:
     cache="dynamic",
     stream=("hf-generate", "hf-prompt-lookup", "hf-assisted"),
     batch_size=1,
-    new_tokens=64,
+    new_tokens=32,
     draft="self",
 )
 def test_speculative_decoding(decode_result: VariantResult) -> None:
@@ -84,3 +84,13 @@ def test_speculative_decoding(decode_result: VariantResult) -> None:
     record = decode_result.record()
     if decode_result.variant.stream != "hf-generate":
         assert record["verify_steps"] == decode_result.output.steps and record["paired_with"] == "hf-generate"
+
+
+@pytest.mark.decode_perf(
+    cache="paged", stream="hf-serve", batch_size=8, concurrency=4, new_tokens=32, prompt_lens="mixed"
+)
+def test_continuous_batching(decode_result: VariantResult) -> None:
+    """transformers' continuous batching: 8 requests of different prompt lengths, 4 at once, each stopping at its
+    own step (a request joins as another leaves); TTFT and TPOT per request, each held to generate() alone."""
+    record = decode_result.record()
+    assert record["requests"] == 8 and record["occupancy_max"] <= 4

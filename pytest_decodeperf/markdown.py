@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .history.compare import Comparison
 
 DECISIONS = {"different_worse": "worse", "different_better": "better", "same": "same", "unknown": "unknown"}
-AB_METRICS = {"ms_per_token": "ms/token", "prefill_ms": "prefill"}
+AB_METRICS = {"ms_per_token": "ms/token", "prefill_ms": "prefill", "tpot_ms": "TPOT", "request_ttft_ms": "TTFT"}
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,14 @@ def ab(records: Sequence[ABRecord], lines: Sequence[str]) -> list[str]:
     if not records:
         return []
     out = [f"### A/B against {records[0]['ref']}", "", *([cell(lines[0]), ""] if lines else [])]
-    head = ["", "item", *(f"{name} B/A (99% CI)" for name in AB_METRICS.values()), "syncs/step A → B"]
+    judged = [k for k in AB_METRICS if k in ("ms_per_token", "prefill_ms") or any(k in r["metrics"] for r in records)]
+    head = ["", "item", *(f"{AB_METRICS[k]} B/A (99% CI)" for k in judged), "syncs/step A → B"]
     rows = []
     for rec in sorted(records, key=_ab_rank):
         a, b = (rec["syncs_per_step"] + [None, None])[:2]
         syncs = f"{a:g} → {b:g}" if a is not None and b is not None else "-"
-        verdicts = [*(_ab_cell(rec["metrics"].get(k)) for k in AB_METRICS), syncs]
-        shown = ["error: " + rec["error"], "", ""] if rec["error"] else verdicts
+        verdicts = [*(_ab_cell(rec["metrics"].get(k)) for k in judged), syncs]
+        shown = ["error: " + rec["error"], *[""] * len(judged)] if rec["error"] else verdicts
         rows.append(["**fails**" if rec["failed"] else "passes", f"`{rec['test']}`", *shown])
     return [*out, *grid(head, rows), "", *([cell(lines[-1]), ""] if len(lines) > 1 else [])]
 

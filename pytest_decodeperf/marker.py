@@ -28,6 +28,7 @@ def decode_perf(
     tp: int | Sequence[int] = 1,
     draft: str | None = None,
     lookup_tokens: int = 4,
+    concurrency: int | Sequence[int | None] | None = None,
 ) -> None:
     """Signature of the marker (never called): each keyword takes one value or a sequence."""
 
@@ -57,6 +58,7 @@ KEYWORDS: dict[str, str] = {
     "draft": "hf-assisted's draft model: a zoo name, a checkpoint, the label your draft_model fixture serves, or "
     "'self' (the model as its own draft: every proposal kept) (ids gain -draft-<label>)",
     "lookup_tokens": "hf-prompt-lookup: the most tokens one n-gram lookup proposes (ids gain -lookupN off the default)",
+    "concurrency": "hf-serve: requests running at once, of batch_size requests (None: all at once; ids gain -cN)",
 }
 MARKER_DOC = (
     "decode_perf("
@@ -176,6 +178,7 @@ def parse_marker(
         tuple(dict.fromkeys(_seq(tp if tp is not None else a["tp"]))),
         draft=a["draft"],
         lookup_tokens=a["lookup_tokens"],
+        concurrency=_seq(a["concurrency"]),
     )
     return variants, a["parity"]
 

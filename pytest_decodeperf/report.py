@@ -126,6 +126,24 @@ def speculation(records: Sequence[ResultRecord]) -> list[str]:
     return lines
 
 
+def serving(records: Sequence[ResultRecord]) -> list[str]:
+    """One line per continuous-batching variant: the figures a server is judged by, per request."""
+
+    def ms(value: object) -> str:
+        return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
+
+    return [
+        f"{r['stream']} {model_label(r)} {r.get('requests')} requests, {r.get('concurrency')} at once: "
+        f"{r.get('throughput_tokens_per_s') or 0:,.1f} tok/s over the run; per request TTFT p50 "
+        f"{ms(r.get('request_ttft_p50_ms'))} / p99 {ms(r.get('request_ttft_p99_ms'))} ms, TPOT p50 "
+        f"{ms(r.get('tpot_p50_ms'))} / p99 {ms(r.get('tpot_p99_ms'))} ms, ITL p99 {ms(r.get('request_itl_p99_ms'))} "
+        f"ms; {r.get('occupancy_mean') or 0:.1f} requests a step on average; {r.get('kv_blocks')} KV blocks of "
+        f"{r.get('kv_block_tokens')} tokens"
+        for r in records
+        if r.get("requests") is not None
+    ]
+
+
 PROMPT_ORDER = ("random", "mixed", "text")
 
 
@@ -311,6 +329,7 @@ def notes(rows: Sequence[ResultRecord]) -> list[str]:
     out += [f"note: {line}" for line in dynamic_peaks(rows)]
     out += [f"note: {line}" for line in routed_experts(rows)]
     out += [f"note: {line}" for line in speculation(rows)]
+    out += [f"note: {line}" for line in serving(rows)]
     out.append("note: '-' = not measured here (no decode step, not counted under torch.compile, or no baseline)")
     unstable = [r for r in rows if r.get("unstable")]
     if unstable:

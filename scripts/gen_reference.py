@@ -104,6 +104,7 @@ def marker_page() -> str:
         "tp": "integers >= 1: at most the devices, dividing the model's heads",
         "draft": "a zoo name, a checkpoint directory, or your `draft_model` fixture's label (one value)",
         "lookup_tokens": "an integer >= 1 (one value)",
+        "concurrency": "`None` or integers >= 1",
     }
     missing = sorted(set(SIGNATURE.parameters) - set(values))
     if missing:

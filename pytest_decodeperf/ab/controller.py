@@ -31,7 +31,7 @@ from .clustered import ClusteredAB
 from .decision import Decision, Verdict
 
 BORROWED = "it imported the checkout's code"  # worker.py's words for side A importing B's code
-METRIC_NAMES = {"ms_per_token": "ms/token", "prefill_ms": "prefill"}
+METRIC_NAMES = {"ms_per_token": "ms/token", "prefill_ms": "prefill", "tpot_ms": "TPOT", "request_ttft_ms": "TTFT"}
 PRIMARY = "ms_per_token"  # the metric a run keeps sampling for; the others ride along unless resolvable
 ROUND_BUDGET_S = 30.0  # per item and process pair: fewer round pairs (at least MIN_ROUNDS) when rounds are slow
 MIN_ROUNDS = 3

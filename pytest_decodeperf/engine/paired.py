@@ -10,6 +10,7 @@ between the two halves of a pair.
 from __future__ import annotations
 
 import contextlib
+import statistics
 from collections.abc import Iterator
 
 import torch
@@ -23,7 +24,8 @@ from .runner import Runner
 from .spec.checks import check_dtype
 from .spec.variants import Variant
 
-METRICS = ("ms_per_token", "prefill_ms")  # lower is better; what the A/B gate decides on
+# lower is better; what the A/B gate decides on (a serving variant's per-request TPOT and TTFT too)
+METRICS = ("ms_per_token", "prefill_ms", "tpot_ms", "request_ttft_ms")
 
 
 class PairedRounds:
@@ -60,6 +62,10 @@ class PairedRounds:
         metrics = {"ms_per_token": timed.ms_per_token}
         if prefill is not None:
             metrics["prefill_ms"] = 1e3 * prefill
+        served = out.serving
+        if served is not None and served.tpot_ms and served.ttft_ms:
+            metrics["tpot_ms"] = statistics.median(served.tpot_ms)
+            metrics["request_ttft_ms"] = statistics.median(served.ttft_ms)
         return metrics
 
     def syncs_per_step(self) -> float | None:

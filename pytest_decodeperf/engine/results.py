@@ -10,6 +10,7 @@ import torch
 from ..records import ResultRecord
 from .decode.loop import DecodeOutput
 from .decode.request import SPECULATION_FIELDS
+from .decode.serve import SERVING_FIELDS
 from .measure.counting import SyncReport
 from .measure.profiling import ProfileStats
 from .measure.rounds import Measurement
@@ -50,7 +51,9 @@ class VariantResult:
         """The JSON record: the variant's fields, then each part's own (``fields()``)."""
         m, v, out = self.measurement, self.variant, self.output
         notes = [n for n in (out.note, self.roofline.note if self.roofline else "") if n]
-        if self.syncs is None and not v.is_hf:
+        if self.syncs is None and v.stream == "hf-serve":
+            notes.append("syncs not counted: continuous batching runs its forwards in transformers' own thread")
+        elif self.syncs is None and not v.is_hf:
             notes.append("syncs not counted under torch.compile")
         fields: dict[str, Any] = {
             "test": test or f"engine[{v.id}]",
@@ -87,5 +90,7 @@ class VariantResult:
             "draft": v.draft,
             "lookup_tokens": v.lookup_tokens if v.stream == "hf-prompt-lookup" else None,
             **(out.speculation.fields() if out.speculation is not None else dict.fromkeys(SPECULATION_FIELDS)),
+            **(out.serving.fields() if out.serving is not None else dict.fromkeys(SERVING_FIELDS)),
+            **m.serving_samples(),
         }
         return cast(ResultRecord, fields)

@@ -32,7 +32,7 @@ from .measure.rounds import Budget, Clock, Measurement, measure
 from .measure.steady import pinned_threads
 from .parity.compare import ParityReport, check_parity
 from .parity.judge import judged_report
-from .parity.reference import greedy_reference
+from .parity.reference import alone_reference, greedy_reference
 from .results import VariantResult
 from .roofline.analytic import MIB, measure_bandwidth
 from .roofline.kv_memory import AllocationWatch
@@ -130,7 +130,15 @@ class Runner:
         if variant.cache == "none" or workload.attention_mask is not None:
             ready = self.held.of(model).ready_mask(model)
         draft = self.draft(variant, model)
-        return generation_for(variant.stream, variant.cache, variant.compile, ready, draft, variant.lookup_tokens)
+        return generation_for(
+            variant.stream,
+            variant.cache,
+            variant.compile,
+            ready,
+            draft,
+            variant.lookup_tokens,
+            variant.requests_at_once,
+        )
 
     def _slot(self, model: PreTrainedModel, variant: Variant) -> CacheSlot:
         return CacheSlot(get_cache(variant.cache), model, variant.batch_size, variant.prompt_len + variant.new_tokens)
@@ -200,8 +208,10 @@ class Runner:
         (``parity/reference.py``: transformers' generate(), greedy, with the workload's stops)."""
         refs = self.held.of(model).references
         key = workload_key(variant)
+        if variant.stream == "hf-serve":  # each request is owed what it gets alone
+            key = (*key, "alone")
         if key not in refs:
-            refs[key] = greedy_reference(model, workload)
+            refs[key] = alone_reference(model, workload) if key[-1] == "alone" else greedy_reference(model, workload)
             check_not_degenerate(refs[key][0], workload.eos_ids.cpu(), f"{type(model).__name__} ({variant.stop} stops)")
         return refs[key]
 
@@ -216,9 +226,9 @@ class Runner:
         collectives: CollectiveCounter | None = None,
     ) -> SyncReport | None:
         """Blocking device reads per decode step of one untimed generation (None under torch.compile)."""
-        if variant.compile:
-            return None
         generation = self.generation(model, variant, workload)
+        if variant.compile or not generation.counts_syncs:
+            return None
         return count_syncs(
             self.device,
             model,

@@ -79,6 +79,16 @@ METRICS = (
     Metric("time_decode_per_token", "time", "seconds", "samples_ms_per_token", 1e-3, "decode seconds per token"),
     Metric("time_prefill", "time", "seconds", "samples_prefill_ms", 1e-3, "prefill seconds"),
     Metric("time_round", "time", "seconds", "samples_s", 1.0, "wall seconds of one whole generation"),
+    # continuous batching (hf-serve): per round, the median request's
+    Metric("time_tpot", "time", "seconds", "samples_tpot_ms", 1e-3, "time per output token of a request (serving)"),
+    Metric(
+        "time_request_ttft",
+        "time",
+        "seconds",
+        "samples_request_ttft_ms",
+        1e-3,
+        "time to first token of a request, its queueing included (serving)",
+    ),
     Metric("track_peak_allocated_bytes", "track", "bytes", "peak_allocated_bytes", 1, "peak CUDA memory allocated"),
     Metric("track_peak_reserved_bytes", "track", "bytes", "peak_reserved_bytes", 1, "peak CUDA memory reserved"),
     Metric(

@@ -129,3 +129,18 @@ class CacheSlot:
                 f"{self.strategy.name} cache holds {self.max_len} positions but prompt + new tokens "
                 f"need {needed}; raise the cache length to at least {needed}"
             )
+
+
+def _paged(model: PreTrainedModel, batch: int, max_len: int) -> Cache | None:
+    raise DecodePerfError(
+        "cache 'paged' is continuous batching's own (stream 'hf-serve'): the decode loop cannot use it"
+    )
+
+
+register_cache(
+    CacheStrategy(
+        "paged",
+        _paged,
+        description="transformers' paged cache, continuous batching's own (stream hf-serve only), sized per run",
+    )
+)

@@ -33,14 +33,17 @@ from .hf_generate import hf_generate
 from .loop import generate
 from .observe import NULL_OBSERVER, ForwardSteps, Observer
 from .request import DecodeOutput, Request, kept_steps
+from .serve import serve
 from .stream_modes import HF_MODES, StopPolicy, get_stop_policy
 
 __all__ = [
+    "Call",
     "DecoderError",
     "DecoderGeneration",
     "GenerateGeneration",
     "Generation",
     "LoopGeneration",
+    "ServeGeneration",
     "generation_for",
 ]
 
@@ -54,6 +57,7 @@ class Generation:
     # (generate()); a number, that many one-element bool reads a step outside the forward (your decoder).
     stop_reads: int | None = None
     sync_budget: int | None = 0  # hidden reads allowed per decode step when the user sets none (None: not gated)
+    counts_syncs: bool = True  # False: its forwards run where the sync counter cannot see them (another thread)
 
     def __call__(
         self,
@@ -114,6 +118,22 @@ class GenerateGeneration(Generation):
         return hf_generate(
             call.model, call.request, self.cache, self.deferred, self.compile, call.observer, **self.kwargs
         )
+
+
+class ServeGeneration(Generation):
+    """Continuous batching (``serve.py``): the request's rows as requests, ``concurrency`` of them at once."""
+
+    uses_slot = False
+    sync_budget = None
+    counts_syncs = False
+
+    def __init__(self, concurrency: int):
+        self.name = "hf-serve"
+        self.concurrency = concurrency
+
+    def run(self, call: Call) -> DecodeOutput:
+        with ForwardSteps(call.model, call.observer) as steps:
+            return serve(call.model, call.request, self.concurrency, steps)
 
 
 class DecoderError(DecodePerfError):
@@ -235,11 +255,14 @@ def generation_for(
     ready_mask: bool = False,
     draft: PreTrainedModel | None = None,
     lookup_tokens: int = 4,
+    concurrency: int = 1,
 ) -> Generation:
     """The generation a stream mode names: a stop policy of the loop, a generate() mode, or a decoder of yours.
 
     ``draft``: the draft model of ``hf-assisted``; ``lookup_tokens``: the n-gram length ``hf-prompt-lookup``
-    proposes at most."""
+    proposes at most; ``concurrency``: how many requests ``hf-serve`` runs at once."""
+    if stream == "hf-serve":
+        return ServeGeneration(concurrency)
     if stream == "hf-prompt-lookup":
         return GenerateGeneration(stream, cache, compile=bool(compile), prompt_lookup_num_tokens=lookup_tokens)
     if stream == "hf-assisted":

@@ -9,9 +9,12 @@ the one rule the loop's trimming and the parity check both follow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .serve import Serving
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class DecodeOutput:
     host_reads: int
     note: str = ""
     speculation: Speculation | None = None  # speculative decoding: what was proposed and what the verifier kept
+    serving: Serving | None = None  # continuous batching: per request TTFT and TPOT, the steps' occupancy
 
     @property
     def generated(self) -> torch.Tensor:

@@ -200,6 +200,8 @@ HF_MODES: dict[str, str] = {
     "hf-deferred": "transformers generate() with its DeferredStopCheck forced on (CUDA only)",
     "hf-prompt-lookup": "generate() with prompt lookup: n-grams of the prompt proposed, the model verifies (batch 1)",
     "hf-assisted": "generate() with a draft model proposing tokens, the model verifying them (batch 1; draft=)",
+    "hf-serve": "transformers' continuous batching (generate_batch): each row a request, concurrency= at once, a "
+    "paged cache (cache='paged')",
 }
 # The speculative ones: a step is a verify step (several tokens may come of it), their reference is hf-generate.
 SPECULATIVE_MODES = ("hf-prompt-lookup", "hf-assisted")

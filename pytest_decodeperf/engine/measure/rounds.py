@@ -252,6 +252,14 @@ class Measurement:
             "generation_peak_bytes": self.generation_peak_bytes,
         }
 
+    def serving_samples(self) -> dict[str, list[float]]:
+        """Continuous batching: per timed round, the median request's TPOT and TTFT (asv's samples; else empty)."""
+        served = [s for r in self.rounds if (s := r.output.serving) is not None]
+        return {
+            "samples_tpot_ms": [statistics.median(s.tpot_ms) for s in served if s.tpot_ms],
+            "samples_request_ttft_ms": [statistics.median(s.ttft_ms) for s in served if s.ttft_ms],
+        }
+
     def peak(self, attr: str) -> int | None:
         values = [getattr(r, attr) for r in [*self.memory_rounds, *self.rounds] if getattr(r, attr) is not None]
         return max(values) if values else None

@@ -40,3 +40,22 @@ def greedy_reference(model: PreTrainedModel, request: Request, stops: bool = Tru
         slot = CacheSlot(get_cache("none"), model, request.batch_size, request.prompt_len + request.max_new_tokens)
         out = LoopGeneration(get_stop_policy("baseline"))(model, request, slot)
         return out.generated.cpu(), LOOP
+
+
+ALONE = "transformers generate() for each request alone"
+
+
+def alone_reference(model: PreTrainedModel, request: Request) -> tuple[torch.Tensor, str]:
+    """Each row's greedy tokens generated alone (its padding stripped), padded after its stop to one width: what a
+    server owes every request whatever else it batched it with."""
+    prompts, mask = request.prompts, request.attention_mask
+    rows: list[torch.Tensor] = []
+    for r in range(request.batch_size):
+        row = prompts[r] if mask is None else prompts[r][mask[r].bool()]
+        alone = Request(row[None], request.eos_ids, request.pad_id, request.max_new_tokens)
+        rows.append(greedy_reference(model, alone)[0][0])
+    width = max(int(row.shape[0]) for row in rows)
+    out = torch.full((len(rows), width), request.pad_id, dtype=torch.long)
+    for r, row in enumerate(rows):
+        out[r, : row.shape[0]] = row
+    return out, ALONE

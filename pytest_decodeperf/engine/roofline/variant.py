@@ -129,13 +129,15 @@ def variant_roofline(
     active, routing_note = _routing_note(probe)
     cache = probe.cache if probe is not None and probe.cache is not None else kept
     state = cache_state_bytes(cache) if cache is not None else None
+    # continuous batching's paged cache reads what a dynamic one reads, for the requests a step carries
+    paged = variant.cache == "paged"
     try:
         step = decode_bytes(
             model,
-            variant.batch_size,
+            variant.requests_at_once if paged else variant.batch_size,
             variant.prompt_len,
             max(steps - 1, 1),
-            variant.cache,
+            "dynamic" if paged else variant.cache,
             max_cache_len=max_len,
             active_experts=active,
             state_bytes=state or None,

@@ -41,6 +41,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "tp": lambda v: check_positive("tp", v),
     "draft": lambda v: v if v is None or (isinstance(v, str) and v) else _bad("draft", v),
     "lookup_tokens": lambda v: check_positive("lookup_tokens", v),
+    "concurrency": lambda v: v if v is None else check_positive("concurrency", v),
 }
 DEFAULT_LOOKUP = 4
 SELF_DRAFT = "self"  # hf-assisted with the model as its own draft: every proposal kept, the most a draft saves
@@ -67,6 +68,7 @@ class Variant:
         None  # hf-assisted: the draft model (a zoo name, a checkpoint, or a draft_model fixture's label)
     )
     lookup_tokens: int = DEFAULT_LOOKUP  # hf-prompt-lookup: the most tokens one lookup proposes
+    concurrency: int | None = None  # hf-serve: requests running at once (None: all of them; batch_size: the requests)
 
     @property
     def id(self) -> str:
@@ -84,6 +86,8 @@ class Variant:
             parts.append(f"draft-{model_label(self.draft)}")
         if self.stream == "hf-prompt-lookup" and self.lookup_tokens != DEFAULT_LOOKUP:
             parts.append(f"lookup{self.lookup_tokens}")
+        if self.stream == "hf-serve" and self.concurrency is not None:
+            parts.append(f"c{self.concurrency}")
         return "-".join(parts)
 
     @property
@@ -108,8 +112,15 @@ class Variant:
     def paired(self) -> Variant:
         """What its rounds alternate with ("vs baseline"): plain generate() for a speculative mode (what speculation
         saves), else the loop's baseline."""
+        if self.stream == "hf-serve":  # continuous against static batching: generate() on the whole batch at once
+            return replace(self, stream="hf-generate", cache="dynamic", concurrency=None)
         stream = "hf-generate" if self.stream in SPECULATIVE_MODES else "baseline"
         return replace(self, stream=stream, draft=None, lookup_tokens=DEFAULT_LOOKUP)
+
+    @property
+    def requests_at_once(self) -> int:
+        """hf-serve: requests running at once."""
+        return min(self.concurrency or self.batch_size, self.batch_size)
 
     @property
     def is_hf(self) -> bool:
@@ -135,6 +146,11 @@ class Variant:
                 )
             if self.stream in SPECULATIVE_MODES:
                 self._check_speculative()
+            if (self.stream == "hf-serve") != (self.cache == "paged"):
+                raise DecodePerfError(
+                    f"{self.id}: continuous batching (stream 'hf-serve') runs on transformers' paged cache and only it "
+                    "does: cache='paged' goes with stream='hf-serve'"
+                )
             if self.stream == "hf-deferred" and dev.type != "cuda":
                 raise DecodePerfError(
                     "stream mode 'hf-deferred' needs CUDA: transformers' DeferredStopCheck records "
@@ -168,6 +184,7 @@ def matrix(
     tps: Sequence[int] = (1,),
     draft: str | None = None,
     lookup_tokens: int = DEFAULT_LOOKUP,
+    concurrency: Sequence[int | None] = (None,),
 ) -> list[Variant]:
     """Every combination, each axis's values checked (``FIELD_CHECKS``), in one order: model, dtype, tp, cache,
     compile, batch, prompt, length, stop, then stream mode (the modes of one configuration stand together, as
@@ -191,14 +208,20 @@ def matrix(
             FIELD_CHECKS[name](value)
     FIELD_CHECKS["draft"](draft)
     FIELD_CHECKS["lookup_tokens"](lookup_tokens)
+    for value in concurrency:
+        FIELD_CHECKS["concurrency"](value)
 
-    return [
-        Variant(
-            *(m, c, s, b, n, st, co, dt, p, k, t),
-            draft=draft if s == "hf-assisted" else None,
-            lookup_tokens=lookup_tokens if s == "hf-prompt-lookup" else DEFAULT_LOOKUP,
-        )
-        for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
-            models, dtypes, tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams
-        )
-    ]
+    variants: list[Variant] = []
+    for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
+        models, dtypes, tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams
+    ):
+        for cc in concurrency if s == "hf-serve" else (None,):  # concurrency varies hf-serve's variants only
+            variants.append(
+                Variant(
+                    *(m, c, s, b, n, st, co, dt, p, k, t),
+                    draft=draft if s == "hf-assisted" else None,
+                    lookup_tokens=lookup_tokens if s == "hf-prompt-lookup" else DEFAULT_LOOKUP,
+                    concurrency=cc,
+                )
+            )
+    return variants
