@@ -89,7 +89,7 @@ def _decodeperf_autorun(request: pytest.FixtureRequest, _decodeperf_param: tuple
         return  # a rank that sits this item out (tp=1 runs on rank 0 alone)
     request.node.stash[MODEL_KEY] = request.getfixturevalue("decode_model")
     variant = _decodeperf_param[0]
-    if variant.stream == "hf-assisted" and variant.draft is not None:
+    if variant.stream == "hf-assisted" and variant.draft not in (None, "self"):  # "self": the model itself
         draft = request.getfixturevalue("draft_model")
         if draft is not None:
             dp.runner.use_draft(variant.draft, draft)
