@@ -165,3 +165,20 @@ def test_a_decoder_in_a_users_conftest_is_a_stream_mode_of_the_plugin_and_of_its
     assert records["t-greedy"]["parity"] == "pass" and records["t-greedy"]["syncs_per_step"] == 0
     written = "".join(p.read_text() for p in (pytester.path / "results").rglob("*.json"))
     assert "'t-greedy'" in written
+
+
+def test_decodeperf_run_takes_a_decoder_from_the_module_it_is_told_to_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_decodeperf.cli import main
+
+    source = tmp_path / "mine.py"
+    source.write_text(SOURCE.read_text().replace('"t-greedy"', '"cli-greedy"'))
+    out = tmp_path / "out.json"
+    args = ["run", "--decoders", str(source), "--streams", "baseline,cli-greedy", "--caches", "dynamic"]
+    args += ["--batch-sizes", "2", "--new-tokens", "8", "--rounds", "1", "--max-time", "0", "--warmup", "0"]
+    assert main([*args, "--device", "cpu", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())["results"]
+    assert [r["stream"] for r in records] == ["baseline", "cli-greedy"] and records[1]["parity"] == "pass"
+    assert main(["run", "--decoders", str(tmp_path / "missing.py"), "--device", "cpu"]) == 2
+    assert "--decoders" in capsys.readouterr().err

@@ -88,7 +88,7 @@ class SyncReport:
         """The one line an item fails with: how many, where, and how to declare them."""
         return (
             f"{label}: {self.max_hidden} hidden blocking device read(s) in a decode step, budget "
-            f"{self.budget} (max_syncs_per_step=); each stalls the GPU every step: " + ", ".join(self.sites)
+            f"{self.budget} (the marker's max_syncs_per_step); each stalls the GPU every step: " + ", ".join(self.sites)
         )
 
 
