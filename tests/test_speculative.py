@@ -46,9 +46,30 @@ def test_prompt_lookup_gives_the_greedy_tokens_and_counts_its_proposals(runner: 
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
-def test_a_draft_identical_to_the_model_has_every_proposal_kept(runner: Runner, cache: str) -> None:
-    """Without stops (a proposal past a row's EOS is not kept, whoever made it)."""
-    result = runner.run(Variant("tiny-gpt2", cache, "hf-assisted", 1, NEW, stop="none", draft="self"))
+def test_a_draft_identical_to_the_model_has_every_proposal_kept(
+    runner: Runner, cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without stops (a proposal past a row's EOS is not kept, whoever made it). The model is its own draft: its
+    forwards while drafting are draft steps, not verify steps, as an independent count of generate()'s verify
+    iterations (one proposal each) shows."""
+    from transformers.generation.candidate_generator import AssistedCandidateGenerator
+
+    model = runner.model("tiny-gpt2")
+    variant = Variant("tiny-gpt2", cache, "hf-assisted", 1, NEW, stop="none", draft="self")
+    iterations: list[int] = []
+    real = AssistedCandidateGenerator.get_candidates
+
+    def counted(self: AssistedCandidateGenerator, *args: object, **kwargs: object) -> object:
+        iterations.append(1)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch, torch.inference_mode():
+        patch.setattr(AssistedCandidateGenerator, "get_candidates", counted)
+        once = generation.generation_for("hf-assisted", cache, draft=model)(
+            model, runner.workload(model, variant), None
+        )
+    assert once.speculation is not None and once.speculation.verify_steps == len(iterations) == once.steps
+    result = runner.run(variant)
     assert result.parity is not None and result.parity.ok, str(result.parity)
     spec = result.output.speculation
     assert spec is not None and spec.proposed > 0 and spec.accepted == spec.proposed and spec.draft_steps > 0

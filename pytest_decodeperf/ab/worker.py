@@ -112,6 +112,15 @@ class WorkerPlugin:
             self.outbox.send(("error", item.nodeid, f"{type(exc).__name__}: {exc}".splitlines()[0]))
             return
         self.outbox.send(("ready", item.nodeid, {"syncs_per_step": syncs}))
+        try:
+            self._rounds(item, rounds)
+        finally:
+            close = getattr(rounds, "close", None)  # a package from before it kept nothing running
+            if callable(close):
+                close()
+
+    def _rounds(self, item: pytest.Item, rounds: Any) -> None:
+        """One timed round per request of the controller's, until it says done."""
         while True:
             message = self.inbox.recv()
             if message[0] == "done":

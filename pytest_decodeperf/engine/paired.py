@@ -68,6 +68,10 @@ class PairedRounds:
             metrics["request_ttft_ms"] = statistics.median(served.ttft_ms)
         return metrics
 
+    def close(self) -> None:
+        """Stop what its generation keeps running between rounds (a continuous-batching server)."""
+        self.runner.close_generations()
+
     def syncs_per_step(self) -> float | None:
         """Hidden blocking device reads per decode step (deterministic; None where not counted)."""
         with self._pinned():

@@ -84,6 +84,7 @@ class Runner:
         self._bandwidth: float | None = None
         self._last_slot: CacheSlot | None = None
         self._last_watch: AllocationWatch | None = None
+        self._open: list[Generation] = []  # timed generations that may keep something running (a server)
 
     # --- what the runner holds ------------------------------------------------------------------------------
 
@@ -156,7 +157,10 @@ class Runner:
         generation = self.generation(model, variant, workload)
         target = self.held.compiled(model, variant) if compiled and isinstance(generation, LoopGeneration) else model
         slot = self._slot(target, variant) if generation.uses_slot else None
-        return generation(target, workload, slot, observer)
+        try:
+            return generation(target, workload, slot, observer)
+        finally:
+            generation.close()
 
     def run_once_fn(self, model: PreTrainedModel, variant: Variant, workload: Workload, track: bool = True) -> RunOnce:
         """One timed generation of ``variant`` as a function of the round's clock (its cache slot kept across rounds).
@@ -166,6 +170,7 @@ class Runner:
         """
         variant.validate(self.device)
         generation = self.generation(model, variant, workload)
+        self._open.append(generation)  # closed once the variant is measured (close_generations)
         # generate() compiles by itself (its CompileConfig) when asked: a torch.compile wrapper would forward
         # .generate() to the eager model anyway.
         target = self.held.compiled(model, variant) if isinstance(generation, LoopGeneration) else model
@@ -350,6 +355,8 @@ class Runner:
         except torch.OutOfMemoryError:
             self.release()
             raise
+        finally:
+            self.close_generations()
         self._last_slot = self._last_watch = None  # they hold the model: a runner keeps no model alive past its run
         counter = sharded.counter if sharded is not None else None
         syncs = self.count_syncs(model, variant, workload, max_syncs_per_step, counter)
@@ -396,8 +403,15 @@ class Runner:
                 return same_cache
         return report
 
+    def close_generations(self) -> None:
+        """Stop what the timed generations keep running between rounds (a continuous-batching server)."""
+        while self._open:
+            self._open.pop().close()
+
     def release(self) -> None:
         """Drop cached tensors and return freed device memory (after an OOM, or at the end)."""
+        self.close_generations()
+        self.drafts.clear()
         self.held.forget_tokens()
         gc.collect()
         if self.device.type == "cuda":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import weakref
 from typing import Any, NamedTuple
 
 import torch
@@ -33,7 +34,7 @@ from .hf_generate import hf_generate
 from .loop import generate
 from .observe import NULL_OBSERVER, ForwardSteps, Observer
 from .request import DecodeOutput, Request, kept_steps
-from .serve import serve
+from .serve import ServeSession, serve
 from .stream_modes import HF_MODES, StopPolicy, get_stop_policy
 
 __all__ = [
@@ -76,6 +77,9 @@ class Generation:
 
     def run(self, call: Call) -> DecodeOutput:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of what this generation keeps between calls (a running server); nothing for most."""
 
 
 class Call(NamedTuple):
@@ -130,10 +134,24 @@ class ServeGeneration(Generation):
     def __init__(self, concurrency: int):
         self.name = "hf-serve"
         self.concurrency = concurrency
+        self._sessions: list[ServeSession] = []  # the running server, made at the first call (a warmup round)
+        self._finalizer = weakref.finalize(self, _close_all, self._sessions)
 
     def run(self, call: Call) -> DecodeOutput:
+        session = self._sessions[0] if self._sessions else None
+        if session is None or session.model is not call.model or session.request is not call.request:
+            _close_all(self._sessions)
+            self._sessions.append(ServeSession(call.model, call.request, self.concurrency))
         with ForwardSteps(call.model, call.observer) as steps:
-            return serve(call.model, call.request, self.concurrency, steps)
+            return serve(self._sessions[0], steps)
+
+    def close(self) -> None:
+        _close_all(self._sessions)
+
+
+def _close_all(sessions: list[ServeSession]) -> None:
+    while sessions:
+        sessions.pop().close()
 
 
 class DecoderError(DecodePerfError):

@@ -84,13 +84,17 @@ def hf_generate(
 ) -> DecodeOutput:
     """Greedy generate() on the request's prompts; each forward of the model is a step (``ForwardSteps``), which
     ``observer`` hears. ``generate_kwargs`` go to generate() (a draft model, prompt lookup)."""
-    config = generation_config(request, cache, compile)
+    lookup = generate_kwargs.pop("prompt_lookup_num_tokens", None)
+    config = generation_config(
+        request, cache, compile, **({} if lookup is None else {"prompt_lookup_num_tokens": lookup})
+    )
     prompts = request.prompts
-    watch = SpeculationWatch(model, generate_kwargs.get("assistant_model"))
-    speculative = "assistant_model" in generate_kwargs or "prompt_lookup_num_tokens" in generate_kwargs
+    steps = ForwardSteps(model, observer)
+    watch = SpeculationWatch(model, generate_kwargs.get("assistant_model"), steps)
+    speculative = "assistant_model" in generate_kwargs or lookup is not None
     # The request's stops are the only ones: generate() would fall back to the model's own EOS.
     with (
-        ForwardSteps(model, observer) as steps,
+        steps,
         watch if speculative else contextlib.nullcontext(),
         deferred_stop_check_forced() if deferred else contextlib.nullcontext(),
         model_eos_cleared(model),
@@ -121,12 +125,14 @@ class SpeculationWatch:
     not read itself.
     """
 
-    def __init__(self, model: torch.nn.Module, draft: torch.nn.Module | None = None):
+    def __init__(self, model: torch.nn.Module, draft: torch.nn.Module | None, steps: ForwardSteps):
         self.model = model
         self.draft = draft
+        self.steps = steps  # the model's steps: a draft that is the model itself must not add to them
         self.proposed = 0
         self.accepted = 0
         self.draft_steps = 0
+        self._drafting = False
         self._handle: Any = None
 
     def _wrap(self, *args: Any, **kwargs: Any) -> Any:
@@ -134,7 +140,11 @@ class SpeculationWatch:
         get, update = generator.get_candidates, generator.update_candidate_strategy
 
         def get_candidates(input_ids: torch.Tensor, **kw: Any) -> Any:
-            candidates, logits = get(input_ids, **kw)
+            self._drafting = self.steps.paused = True  # what runs now drafts (with the model itself, for "self")
+            try:
+                candidates, logits = get(input_ids, **kw)
+            finally:
+                self._drafting = self.steps.paused = False
             self.proposed += int(candidates.shape[1]) - int(input_ids.shape[1])
             return candidates, logits
 
@@ -146,7 +156,8 @@ class SpeculationWatch:
         return generator
 
     def _count_draft(self, _module: torch.nn.Module, _args: Any, _out: Any) -> None:
-        self.draft_steps += 1
+        if self._drafting:  # the draft may be the model itself: only its forwards while drafting are draft steps
+            self.draft_steps += 1
 
     def __enter__(self) -> SpeculationWatch:
         object.__setattr__(self.model, "_get_candidate_generator", self._wrap)

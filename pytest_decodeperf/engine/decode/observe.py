@@ -106,11 +106,14 @@ class ForwardSteps:
         self.observer = observer
         self.forwards = 0
         self.in_forward = False
+        self.paused = False  # forwards that are not steps (a draft that is the model itself, while it drafts)
         self._handles: list[Any] = []
         self._ranges: list[contextlib.ExitStack] = []
         self._generation = contextlib.ExitStack()
 
     def _before(self, _module: torch.nn.Module, _args: Any) -> None:
+        if self.paused:
+            return
         step = self.forwards
         self.observer.begin_step(step)
         stack = contextlib.ExitStack()
@@ -119,6 +122,8 @@ class ForwardSteps:
         self.in_forward = True
 
     def _after(self, _module: torch.nn.Module, _args: Any, _out: Any) -> None:
+        if self.paused:
+            return
         self.in_forward = False
         if self._ranges:
             self._ranges.pop().close()
