@@ -27,7 +27,10 @@ def _loop(model: Any, inputs: DecoderInputs, extra_read: bool = False, early: bo
             _ = int(token[0].item())  # THE HIDDEN READ: a blocking device read in every step
         if finished.all():  # the stop check: one read of a one-element bool a step
             return out[:, : step if early else step + 1]
-        tokens, start = token[:, None], end
+        if inputs.cache is None:  # no cache: the whole sequence again
+            tokens, start = torch.cat([ids, out[:, : step + 1]], dim=1), 0
+        else:
+            tokens, start = token[:, None], end
     return out
 
 

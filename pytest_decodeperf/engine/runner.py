@@ -188,9 +188,10 @@ class Runner:
             with torch.no_grad():
                 model(workload.prompts, use_cache=True, **{cache_keyword(model) or "past_key_values": slot.fresh()})
         tracer = self.tracer.without_window()  # the capture window has its own generation (``_capture_window``)
+        extra = tracer if tracer.active else None  # a disabled tracer costs nothing a step: left out
 
         def run(clock: Clock) -> DecodeOutput:
-            return generation(target, workload, slot, observers(clock, tracer))
+            return generation(target, workload, slot, observers(clock, extra))
 
         return run
 

@@ -177,9 +177,8 @@ class DecoderGeneration(Generation):
         slot.check_capacity(total)
         strategy = slot.strategy
         kv_total = slot.max_len if strategy.preallocated else None
-        call = ForwardCall(
-            model, batch, total, prompts.device, request.attention_mask, kv_total, self.ready_mask, False
-        )
+        full = strategy.feeds_full_sequence  # no cache: each forward re-runs the sequence, with the loop's ready mask
+        call = ForwardCall(model, batch, total, prompts.device, request.attention_mask, kv_total, self.ready_mask, full)
         mask = request.attention_mask if request.attention_mask is not None else torch.ones_like(prompts)
         return DecoderInputs(
             input_ids=prompts,

@@ -44,6 +44,11 @@ class Tracer(Observer):
         if profile_steps is not None and self.device.type != "cuda":
             raise DecodePerfError("--decodeperf-profile-steps needs CUDA (cudaProfilerApi); this run is on cpu")
 
+    @property
+    def active(self) -> bool:
+        """Whether it does anything: NVTX ranges on, or a capture window (a disabled one is left out of a step)."""
+        return self.enabled or self.profile_steps is not None
+
     def without_window(self) -> Tracer:
         """The same NVTX ranges with no capture window: for warmup and timed rounds."""
         if self.profile_steps is None:

@@ -130,26 +130,17 @@ class Variant:
         return asdict(self)
 
     def validate(self, device: torch.device | str | None = None) -> Variant:
-        """Raise DecodePerfError naming the first bad field; return self when all are fine."""
+        """Raise DecodePerfError naming the first bad field or combination; return self when all are fine."""
         for name, check in FIELD_CHECKS.items():
             check(getattr(self, name))
+        why = self.refusal()
+        if why is not None:
+            raise DecodePerfError(why)
         if device is not None:
             dev = torch.device(device)
             if self.stream in STOP_POLICIES and not STOP_POLICIES[self.stream].supports(dev):
                 raise DecodePerfError(
                     f"stream mode {self.stream!r} cannot run on device {dev.type!r}; it runs on cpu and cuda"
-                )
-            if self.compile and self.stream in DECODERS:
-                raise DecodePerfError(
-                    f"stream mode {self.stream!r} is a decoder of yours: compile inside it (compile= applies to the "
-                    "plugin's loop; the forward hooks that time your steps cannot see into a compiled model)"
-                )
-            if self.stream in SPECULATIVE_MODES:
-                self._check_speculative()
-            if (self.stream == "hf-serve") != (self.cache == "paged"):
-                raise DecodePerfError(
-                    f"{self.id}: continuous batching (stream 'hf-serve') runs on transformers' paged cache and only it "
-                    "does: cache='paged' goes with stream='hf-serve'"
                 )
             if self.stream == "hf-deferred" and dev.type != "cuda":
                 raise DecodePerfError(
@@ -158,17 +149,35 @@ class Variant:
                 )
         return self
 
-    def _check_speculative(self) -> None:
-        """What transformers' speculative generate() (5.x) cannot run, refused in one line naming why."""
+    def refusal(self) -> str | None:
+        """Why this combination of fields cannot run anywhere (one line), or None: collection marks such an item
+        skipped with it, a run refuses it."""
+        if self.compile and self.stream in DECODERS:
+            return (
+                f"stream mode {self.stream!r} is a decoder of yours: compile inside it (compile= applies to the "
+                "plugin's loop; the forward hooks that time your steps cannot see into a compiled model)"
+            )
+        if (self.stream == "hf-serve") != (self.cache == "paged"):
+            return (
+                f"{self.id}: continuous batching (stream 'hf-serve') runs on transformers' paged cache and only it "
+                "does: cache='paged' goes with stream='hf-serve'"
+            )
+        if self.stream == "hf-serve" and self.compile:
+            return f"{self.id}: continuous batching is measured eager here (compile= would label an eager figure)"
+        if self.tp > 1 and (self.stream == "hf-serve" or self.stream in SPECULATIVE_MODES):
+            return f"{self.id}: {self.stream} is not run tensor-parallel yet (tp=1)"
+        if self.stream not in SPECULATIVE_MODES:
+            return None
         if self.batch_size != 1:
-            raise DecodePerfError(
+            return (
                 f"{self.id}: transformers' speculative generate() runs one row at a time (batch_size=1); got "
                 f"{self.batch_size}"
             )
         if self.cache == "none":
-            raise DecodePerfError(f"{self.id}: speculative decoding needs a cache to crop what it rejects (cache=none)")
+            return f"{self.id}: speculative decoding needs a cache to crop what it rejects (cache=none)"
         if self.stream == "hf-assisted" and not self.draft:
-            raise DecodePerfError(f"{self.id}: 'hf-assisted' needs a draft model: draft=... in the marker")
+            return f"{self.id}: 'hf-assisted' needs a draft model: draft=... in the marker"
+        return None
 
 
 def matrix(
