@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .engine.decode.caches import CACHES, CacheStrategy, register_cache
     from .engine.decode.custom import DecoderInputs, decoder
     from .engine.decode.loop import DecodeOutput, generate
+    from .engine.decode.request import Request
     from .engine.decode.stream_modes import STOP_POLICIES, StopPolicy, register_stop_policy
     from .engine.parity.compare import ParityReport, check_parity
     from .engine.results import VariantResult
@@ -43,6 +44,7 @@ _LAZY: dict[str, str] = {
     "CacheStrategy": "engine.decode.caches",
     "register_cache": "engine.decode.caches",
     "DecodeOutput": "engine.decode.loop",
+    "Request": "engine.decode.request",
     "generate": "engine.decode.loop",
     "MODELS": "engine.spec.models",
     "build_model": "engine.spec.models",
@@ -68,6 +70,7 @@ __all__ = [
     "DecodePerfError",
     "DecoderInputs",
     "ParityReport",
+    "Request",
     "Runner",
     "StopPolicy",
     "Variant",
@@ -83,7 +86,7 @@ __all__ = [
     "register_stop_policy",
 ]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ model first), so a fixture that patches the model is measured too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -78,18 +79,29 @@ def decode_result(_decodeperf_param: tuple[Variant, bool] | None) -> VariantResu
 
 
 @pytest.fixture(autouse=True)
-def _decodeperf_autorun(request: pytest.FixtureRequest, _decodeperf_param: tuple[Variant, bool] | None) -> None:
-    """Set up the model of every marked item, so the call phase can measure it and a test body may be empty."""
+def _decodeperf_autorun(
+    request: pytest.FixtureRequest, _decodeperf_param: tuple[Variant, bool] | None
+) -> Iterator[None]:
+    """Set up the model of every marked item, so the call phase can measure it and a test body may be empty; an
+    ``hf-assisted`` item's draft too, given to the runner for this item only."""
     dp = session(request.config)
     if _decodeperf_param is None or not dp.settings.enabled:
+        yield
         return
     if dp.delegated:
-        return  # under --decodeperf-ab the two workers set up the model, each in its own tree
-    if dp.ranks is not None and not dp.ranks.runs(_decodeperf_param[0]):
-        return  # a rank that sits this item out (tp=1 runs on rank 0 alone)
-    request.node.stash[MODEL_KEY] = request.getfixturevalue("decode_model")
+        yield  # under --decodeperf-ab the two workers set up the model, each in its own tree
+        return
     variant = _decodeperf_param[0]
-    if variant.stream == "hf-assisted" and variant.draft not in (None, "self"):  # "self": the model itself
-        draft = request.getfixturevalue("draft_model")
-        if draft is not None:
-            dp.runner.use_draft(variant.draft, draft)
+    if dp.ranks is not None and not dp.ranks.runs(variant):
+        yield  # a rank that sits this item out (tp=1 runs on rank 0 alone)
+        return
+    request.node.stash[MODEL_KEY] = request.getfixturevalue("decode_model")
+    label = variant.draft if variant.stream == "hf-assisted" and variant.draft not in (None, "self") else None
+    draft = request.getfixturevalue("draft_model") if label is not None else None
+    if label is not None and draft is not None:
+        dp.runner.use_draft(label, draft)
+    try:
+        yield
+    finally:
+        if label is not None:
+            dp.runner.drafts.pop(label, None)  # the runner keeps no item's draft alive past it

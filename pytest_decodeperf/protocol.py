@@ -8,7 +8,7 @@ protocol, named here and kept stable:
 * ``PROTOCOL``: this module's version (2). Version 1 had no module: a worker read ``MODEL_KEY``,
   ``_item_param`` and ``_session`` off the plugin module (``pytest_decodeperf.plugin``, registered as
   ``decodeperf``) and ``PairedRounds(runner, model, variant)`` from ``pytest_decodeperf.engine.paired``. Those
-  names stay where they were, for workers of older commits (``tests/test_protocol.py`` checks both).
+  names stay where they were, for workers of older commits (``tests/test_ab.py`` A/Bs across the change, both ways).
 * ``item_param(item)``: an item's ``(variant, parity)``, None for an unmarked item.
 * ``model_of(item)`` / ``drop_model(item)``: the model the item's fixtures set up (None before setup, or
   when this process sits the item out), and taking it away so the item does not measure itself.

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .decode.hidden_syncs import accepts_causal_mask
-from .decode.refusals import ignored_cache_refusal
+from .decode.refusals import accepts_causal_mask, ignored_cache_refusal
 from .measure.profiling import compile_counters
 from .spec.models import build_model, load_tokenizer
 from .spec.variants import Variant

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, cast
 import torch
 from transformers import PreTrainedModel
 
-from .decode.caches import CacheSlot, cache_keyword, get_cache
+from .decode.caches import CacheSlot, get_cache
+from .decode.forward import ForwardCall
 from .decode.generation import Generation, LoopGeneration, generation_for
 from .decode.hidden_syncs import no_padding_check
 from .decode.observe import NULL_OBSERVER, Observer, observers
@@ -186,7 +187,8 @@ class Runner:
             # lazy initialisation skips mark_static_address, and CUDA graphs (reduce-overhead) then copy the cache
             # in and out every step.
             with torch.no_grad():
-                model(workload.prompts, use_cache=True, **{cache_keyword(model) or "past_key_values": slot.fresh()})
+                call = ForwardCall(model, variant.batch_size, workload.prompt_len, self.device)
+                model(workload.prompts, **call.kwargs(0, workload.prompt_len, slot.fresh()))
         tracer = self.tracer.without_window()  # the capture window has its own generation (``_capture_window``)
         extra = tracer if tracer.active else None  # a disabled tracer costs nothing a step: left out
 

@@ -59,7 +59,7 @@ class Decoder:
         code = getattr(self.fn, "__code__", None)
         if code is None:
             return getattr(self.fn, "__qualname__", repr(self.fn))
-        return f"{_short(code.co_filename)}:{code.co_firstlineno}"
+        return f"{short_path(code.co_filename)}:{code.co_firstlineno}"
 
     @property
     def filename(self) -> str | None:
@@ -70,7 +70,8 @@ class Decoder:
 DECODERS: dict[str, Decoder] = {}
 
 
-def _short(path: str) -> str:
+def short_path(path: str) -> str:
+    """``path`` relative to here when it is below, else as it is (how a site is named to the user)."""
     try:
         rel = os.path.relpath(path)
     except ValueError:

@@ -35,7 +35,7 @@ class ForwardCall:
 
     ``attention_mask`` [B, P]: a left-padded prompt (None: no padding). ``kv_total``: a preallocated cache's
     length (its keys span it), else None. ``ready_mask``: the model gives the same logits with a ready 4-D mask
-    (``hidden_syncs.accepts_causal_mask``); a padded batch then gets one instead of the 2-D mask, and the
+    (``refusals.accepts_causal_mask``); a padded batch then gets one instead of the 2-D mask, and the
     cache-less loop (``full_sequence``) a causal one.
     """
 

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 from ...errors import DecodePerfError
 from ..device.runtime import DeviceRuntime, runtime_for
 from .caches import CacheSlot
-from .custom import Decoder, DecoderInputs, get_decoder
+from .custom import Decoder, DecoderInputs, get_decoder, short_path
 from .forward import ForwardCall
 from .hf_generate import hf_generate
 from .loop import generate
@@ -228,7 +228,7 @@ class DecoderGeneration(Generation):
         if not (mine or frames):
             return self.decoder.where
         frame = (mine or frames)[-1]
-        name = frame.filename if frame.filename.startswith("<") else os.path.relpath(frame.filename)
+        name = frame.filename if frame.filename.startswith("<") else short_path(frame.filename)
         return f"{name}:{frame.lineno}"
 
     def _tokens(self, returned: Any, request: Request) -> torch.Tensor:

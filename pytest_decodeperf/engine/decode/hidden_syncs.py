@@ -54,38 +54,3 @@ def full_causal_mask(batch: int, length: int, dtype: torch.dtype, device: torch.
     blocked = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)  # [T, T]
     mask = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
     return mask.expand(batch, 1, length, length)
-
-
-def windowed_attention(model: torch.nn.Module) -> bool:
-    """Sliding or chunked attention: a plain causal mask would be wrong for it."""
-    config = model.config
-    layer_types = getattr(config, "layer_types", None) or ()
-    return bool(
-        getattr(config, "sliding_window", None)
-        or getattr(config, "attention_chunk_size", None)
-        or any(kind != "full_attention" for kind in layer_types)
-    )
-
-
-def accepts_causal_mask(model: torch.nn.Module) -> bool:
-    """Whether ``model`` gives the same logits with a ready 4-D causal mask as with none.
-
-    Not every model takes one: ALiBi models (Bloom) build their biases from a 2-D mask, and a plain
-    causal mask would be wrong for sliding-window attention. A model that does not stays on its own
-    masking path, and its host read shows in the sync count.
-    """
-    if windowed_attention(model):
-        return False
-    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
-    if vocab < 2:
-        return False
-    param = next(model.parameters())
-    ids = (torch.arange(5, device=param.device) * 7 % vocab)[None]  # [1, 5]
-    dtype = param.dtype if param.is_floating_point() else torch.float32
-    try:
-        with torch.no_grad():
-            plain = model(ids, use_cache=False).logits
-            masked = model(ids, use_cache=False, attention_mask=full_causal_mask(1, 5, dtype, param.device)).logits
-    except (TypeError, ValueError, RuntimeError, IndexError):
-        return False
-    return bool(torch.allclose(plain.float(), masked.float(), rtol=1e-4, atol=1e-5))

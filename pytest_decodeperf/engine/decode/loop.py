@@ -52,9 +52,14 @@ def generate(
 
     ``observer`` hears every step (``observe.py``); the stop check's read is declared to it. ``runtime``: the
     device seam (default: the device's own; tests pass the CUDA simulator). ``ready_mask``: the model gives the
-    same logits with a ready 4-D mask (``hidden_syncs.accepts_causal_mask``), which then replaces transformers'
+    same logits with a ready 4-D mask (``refusals.accepts_causal_mask``), which then replaces transformers'
     own masking and its host read (a padded batch, the cache-less loop).
     """
+    if not isinstance(request, Request):  # a call written for 0.2: (model, prompts, max_new_tokens, slot, policy, ...)
+        raise TypeError(
+            "generate(model, request, cache_slot, policy, observer=..., runtime=...) takes a Request since "
+            "pytest-decodeperf 0.3: Request(prompts, eos_ids, pad_id, max_new_tokens, attention_mask)"
+        )
     prompts, eos_ids, max_new_tokens = request.prompts, request.eos_ids, request.max_new_tokens
     batch, prompt_len = prompts.shape
     total = prompt_len + max_new_tokens

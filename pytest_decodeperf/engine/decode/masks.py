@@ -7,7 +7,7 @@ with no host read in a step: positions and the padding are buffers made before s
 
 transformers turns a 2-D mask into a 4-D one on every forward, and on the sdpa path it first asks
 ``fast_all(padding_mask)`` in a Python ``if``: a blocking read each step. So for a model that takes
-a ready 4-D mask (``hidden_syncs.accepts_causal_mask``: full causal attention, not ALiBi) the loop
+a ready 4-D mask (``refusals.accepts_causal_mask``: full causal attention, not ALiBi) the loop
 passes a 4-D additive mask instead. A model that does not (sliding windows,
 ALiBi) gets the 2-D mask and keeps transformers' read: it shows in the sync count.
 """

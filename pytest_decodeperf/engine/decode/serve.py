@@ -45,7 +45,8 @@ def _percentile(values: list[float], q: float) -> float | None:
 @dataclass(frozen=True)
 class Serving:
     """One run of a request queue: per request its TTFT and TPOT (ms), every inter-token gap, the occupancy of every
-    step, the tokens made and the wall time from the first request queued to the last finished."""
+    step, the tokens made and the wall time from the first request queued to the last finished. ``kv_blocks``: the
+    blocks the paged cache was given (sized here for the requests, ``page_size`` tokens each), not a count of use."""
 
     requests: int
     concurrency: int

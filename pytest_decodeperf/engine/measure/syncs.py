@@ -136,7 +136,9 @@ class _FunctionLevel(TorchFunctionMode):
             self.owner._suppress -= 1
         # An empty build (DynamicLayer's ``torch.tensor([], device=d)``) copies no bytes: copy_ returns early.
         if not (hit[1] == "h2d" and isinstance(result, torch.Tensor) and result.numel() == 0):
-            self.owner._record(hit[0], hit[1])
+            first = args[0] if args else None
+            flag = isinstance(first, torch.Tensor) and first.dtype == torch.bool and first.numel() == 1
+            self.owner._record(hit[0], hit[1], flag)  # a stop flag read by .cpu() or .tolist() is one too
         return result
 
 

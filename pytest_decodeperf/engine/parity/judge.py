@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import PreTrainedModel
 
+from ..decode.forward import ForwardCall
 from .compare import Divergence, ParityReport
 
 TOP_K = 5
@@ -61,8 +62,10 @@ def judge(
         prompt = prompt[attention_mask[row].cpu().bool()]
     prefix = torch.cat([prompt, expected[row, : divergence.position].cpu()])[None]  # [1, P + pos]
     device = next(model.parameters()).device
+    length = int(prefix.shape[1])
+    call = ForwardCall(model, 1, length, device)  # as every forward is called: with its positions
     with torch.no_grad():
-        logits = model(prefix.to(device), use_cache=False).logits[0, -1].float().cpu()  # [V]
+        logits = model(prefix.to(device), **call.kwargs(0, length, None)).logits[0, -1].float().cpu()  # [V]
     top = set(torch.topk(logits, TOP_K).indices.tolist())
     margin = float(logits[e] - logits[a])
     dtype = next(model.parameters()).dtype
