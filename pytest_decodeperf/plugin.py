@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 "pytest-decodeperf: --decodeperf-profile-steps needs CUDA (cudaProfilerApi); this run is on "
                 f"{session.device.type}"
             )
-        if settings.ab is not None:
+        if settings.ab is not None or settings.ab_python is not None:
             _configure_ab(config, settings, session.device.type)
         from .tp.hooks import configure as configure_tp
 
@@ -346,7 +346,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         verdict = ab.verdict(item.nodeid)
         result = yield
         if verdict is not None and verdict.failed:
-            pytest.fail(f"A/B against {ab.sides.ref}: {verdict.line()}", pytrace=False)
+            pytest.fail(f"A/B against {ab.sides.against}: {verdict.line()}", pytrace=False)
         return result
     outcome = _run_item(item)
     if outcome is not None and outcome.error is not None:

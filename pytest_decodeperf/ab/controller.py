@@ -12,8 +12,9 @@ when they take too long. After each process pair the gate (``clustered.py``) loo
 process pair being its unit; an item stops once each metric is decided, or one is worse. A
 significant slowdown beyond the gate fails an item, and so does an item that could not be measured
 on a side (an error there, a worker that died: the line says which); UNKNOWN says why and passes;
-the sync count compares exactly. Starting, ending and reaping the workers (and what of that may
-overlap) is ``pairs.py``'s.
+the sync count compares exactly. With ``--decodeperf-ab-python`` side A runs with another
+interpreter, and the lines name the package versions that differ. Starting, ending and reaping the
+workers (and what of that may overlap) is ``pairs.py``'s.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..workers import WorkerGone, WorkerProcess
 from .checkout import Sides
 from .clustered import MIN_ROUNDS, ClusteredAB, pinned
 from .decision import Decision
+from .environment import describe, record_versions, versions_of
 from .items import METRIC_NAMES, PRIMARY, ItemVerdict
 from .pairs import Pair, PairLauncher
 
@@ -73,6 +75,8 @@ class ABRun:
         self.launcher = PairLauncher(sides, trees, pytest_args, self.log_dir, cpus)
         self.items: dict[str, ItemVerdict] = {}
         self.current: Pair | None = None
+        self.versions: dict[str, list[str | None]] = {}
+        self.differs = ""  # the environments' differing versions, A -> B
         self.round_pairs: list[int] = []  # round pairs per item and process pair, as run
         self.broken: str | None = None
 
@@ -97,7 +101,7 @@ class ABRun:
     def start(self, nodeids: list[str], labels: dict[str, str]) -> tuple[set[str], str | None]:
         """Start the first process pair and check both sides: (the nodeids not judged, why none at all, if so)."""
         collected, problems = self._next_pair()
-        side_a = f"side A (REF {self.sides.ref})"
+        side_a = f"side A ({self.sides.against})" if self.sides.same_code else f"side A (REF {self.sides.against})"
         if problems["B"]:
             raise DecodePerfError(f"side B (the checkout): {problems['B'][0]}")
         borrowed = [p for p in problems["A"] if p.startswith(BORROWED)]
@@ -110,8 +114,11 @@ class ABRun:
                 + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
                 + ": it gets only the decodeperf options, -p, -o and --import-mode of this command line"
             )
+        assert self.current is not None
+        a, b = (versions_of(self.current.environments.get(side, {})) for side in ("A", "B"))
+        self.versions, self.differs = record_versions(a, b), describe(a, b)
         both = [] if problems["A"] else [n for n in nodeids if n in collected["A"]]
-        self.items = {n: ItemVerdict(n, labels.get(n, n)) for n in both}
+        self.items = {n: ItemVerdict(n, labels.get(n, n), differs=self.differs) for n in both}
         self._order(both)
         why = f"{side_a}: {problems['A'][0]}" if problems["A"] else None
         return set(nodeids) - set(both), why
@@ -230,7 +237,7 @@ class ABRun:
         return self.items.get(nodeid)
 
     def records(self) -> list[ABRecord]:
-        return [item.record(self.sides, self.threshold) for item in self.items.values()]
+        return [item.record(self.sides, self.threshold, self.versions) for item in self.items.values()]
 
     def _rounds_said(self) -> str:
         done = [n for n in self.round_pairs if n > 0]
@@ -240,6 +247,13 @@ class ABRun:
         span = f"{lo}" if lo == hi else f"{lo}-{hi}"
         at_most = f"of at most {self.rounds_per_pair}"
         return f"{span} {at_most} alternating round pairs each (fewer once a pair's ratio is pinned)"
+
+    def _environment_line(self) -> list[str]:
+        if self.differs:
+            return [f"environments differ, A -> B: {self.differs}"]
+        if self.sides.python is not None:
+            return ["environments: both sides have the same package versions (only the interpreter's path differs)"]
+        return []
 
     def summary(self) -> list[str]:
         gate = f"{self.threshold * 100:g}%"
@@ -257,6 +271,7 @@ class ABRun:
         tally = ", ".join(f"{counts[d]} {d}" for d in order if d in counts) or "no verdict"
         return [
             head,
+            *self._environment_line(),
             *(item.line() for item in self.items.values()),
             f"verdicts: {tally} (UNKNOWN never fails)",
         ]

@@ -25,6 +25,7 @@ class ItemVerdict:
     gates: dict[str, ClusteredAB] = field(default_factory=dict)
     syncs: tuple[float | None, float | None] = (None, None)
     error: str | None = None
+    differs: str = ""  # what differs between the sides' environments, A -> B ("": nothing, or not known)
 
     @property
     def verdicts(self) -> dict[str, Verdict]:
@@ -50,7 +51,7 @@ class ItemVerdict:
         waited = [g for name, g in self.gates.items() if name == PRIMARY or not g.hopeless()]
         return bool(self.gates) and all(g.done for g in waited)
 
-    def record(self, sides: Sides, threshold: float) -> ABRecord:
+    def record(self, sides: Sides, threshold: float, versions: dict[str, list[str | None]]) -> ABRecord:
         def nan_none(x: float) -> float | None:
             return None if math.isnan(x) else x
 
@@ -72,6 +73,8 @@ class ItemVerdict:
             ref=sides.ref,
             a_commit=sides.a_commit,
             b_commit=sides.b_commit,
+            a_python=sides.python,
+            versions=versions,
             gate_pct=100.0 * threshold,
             failed=self.failed,
             error=self.error,
@@ -80,11 +83,13 @@ class ItemVerdict:
         )
 
     def line(self) -> str:
-        """One line: each metric's verdict, the syncs."""
+        """One line: each metric's verdict, the syncs; on a failure, what differed between the environments."""
         if self.error is not None:
             return f"{self.label}: error (fails): {self.error}"
         parts = [f"{METRIC_NAMES.get(k, k)} {v.message()}" for k, v in self.verdicts.items()]
         a, b = self.syncs
         if a is not None and b is not None:
             parts.append(f"syncs/step {a:g} -> {b:g}" + (" (rose: fails)" if b > a else ""))
+        if self.differs and self.failed:
+            parts.append(f"environment A -> B: {self.differs}")
         return f"{self.label}: " + "; ".join(parts or ["no metric could be timed"])

@@ -17,8 +17,9 @@ slowdown. Two vCPUs of a VM, or two cores under one turbo budget, are not indepe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DecodePerfError
 from ..workers import WorkerGone, WorkerProcess, child_env
@@ -29,10 +30,11 @@ PROTOCOL = 1
 
 @dataclass
 class Pair:
-    """One process pair: its 1-based index and both workers."""
+    """One process pair: its 1-based index, both workers, what each side reported it runs with."""
 
     index: int
     workers: dict[str, WorkerProcess]
+    environments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def first(self) -> tuple[str, str]:
@@ -41,7 +43,7 @@ class Pair:
 
 
 class PairLauncher:
-    """Starts process pairs for one run (A in ``trees["A"]``, B in the checkout)."""
+    """Starts process pairs for one run (A in ``trees["A"]`` with ``sides.python``, B in the checkout)."""
 
     def __init__(
         self,
@@ -64,20 +66,28 @@ class PairLauncher:
         pair = Pair(index, {})
         for side in pair.first:
             env = child_env(("DECODEPERF_AB",), extra)  # a worker must not start an A/B of its own
-            if side == "A":
+            if side == "A" and not self.sides.same_code:
                 env["DECODEPERF_AB_FOREIGN"] = str(self.sides.top)
             tree = self.trees[side]
             args = [str(tree), "--", "--rootdir", str(tree), *self.pytest_args]
             log = self.log_dir / f"worker-{side}-{index}.log"
-            pair.workers[side] = WorkerProcess(f"side {side}", script, args, tree, log, env)
+            python = self.sides.python if side == "A" else None
+            try:
+                pair.workers[side] = WorkerProcess(f"side {side}", script, args, tree, log, env, python=python)
+            except OSError as exc:  # the interpreter vanished since it was checked
+                self.end(pair)
+                raise WorkerGone(f"side {side}'s worker could not start: {exc}") from None
         return pair
 
     def collected(self, pair: Pair) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
-        """Each side's collection: (the marked node ids, why it cannot be timed)."""
+        """Each side's environment, then its collection: (the marked node ids, why it cannot be timed)."""
         collected: dict[str, set[str]] = {}
         problems: dict[str, list[str]] = {}
         for side, worker in pair.workers.items():
             message = worker.recv()
+            if message[0] == "environment":
+                pair.environments[side] = dict(message[1])
+                message = worker.recv()
             if message[0] != "collected":
                 raise WorkerGone(f"side {side} sent {message[0]!r} before its collection: out of step")
             if message[1] != PROTOCOL:

@@ -16,6 +16,8 @@ This file imports nothing of the package at start (only pytest and the standard 
 the package is REF's, which may be older than this script.
 
 Messages are pickled tuples on two pipes the controller opened (``multiprocessing.connection``).
+The first says what this side runs with (``environment``: the interpreter, Python's version and every
+installed distribution's), so the verdict can name what differs when the sides run in two environments.
 """
 
 from __future__ import annotations
@@ -162,6 +164,20 @@ def _pin(cpus: set[int]) -> None:
             pass  # a thread that ended meanwhile
 
 
+def _environment() -> dict[str, Any]:
+    """This interpreter and the version of every distribution it can import (what an A/B across environments
+    names when the sides differ); a distribution shadowed by an earlier one on ``sys.path`` is not counted."""
+    import importlib.metadata
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name and name not in versions:
+            versions[name] = dist.version
+    return {"executable": sys.executable, "versions": versions}
+
+
 def main(argv: list[str]) -> int:
     fds, tree, sep, *pytest_args = argv
     assert sep == "--"
@@ -173,6 +189,7 @@ def main(argv: list[str]) -> int:
     for fd in (read_fd, write_fd):
         os.set_inheritable(fd, False)  # a child process of a test must not hold the pipes open
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    outbox.send(("environment", _environment()))
     count_syncs = os.environ.pop("DECODEPERF_AB_SYNCS", "1") != "0"
     foreign = os.environ.pop("DECODEPERF_AB_FOREIGN", None)
     plugin = WorkerPlugin(inbox, outbox, foreign, _cpus("DECODEPERF_AB_CPUS"), count_syncs)
