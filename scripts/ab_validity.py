@@ -47,6 +47,7 @@ class Condition:
     prefill: list[str] = field(default_factory=list)  # prefill decision, or "not judged"
     ratios: list[float] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)  # round pairs per process pair (they stop once pinned)
     seconds: list[float] = field(default_factory=list)
 
     def share(self, values: list[str], *words: str) -> str:
@@ -55,19 +56,20 @@ class Condition:
     def row(self, model: str) -> str:
         ratio = f"x{statistics.median(self.ratios):.3f}" if self.ratios else "-"
         procs = f"{statistics.median(self.processes):.0f}" if self.processes else "-"
+        rounds = f"{statistics.median(self.rounds):.1f}" if self.rounds else "-"
         return (
             f"| {model} | {self.label} | {len(self.ms)} | {self.share(self.ms, 'different_worse')} | "
             f"{self.share(self.ms, 'different_worse', 'different_better')} | {self.share(self.ms, 'same')} | "
             f"{self.share(self.ms, 'unknown')} | {self.share(self.prefill, 'same')} / "
             f"{self.share(self.prefill, 'not judged')} | {self.failed}/{self.sessions} | {ratio} | {procs} | "
-            f"{statistics.median(self.seconds):.0f} s |"
+            f"{rounds} | {statistics.median(self.seconds):.0f} s |"
         )
 
 
 HEADER = [
     "| model | B | decisions | ms/token WORSE | DIFFERENT | SAME | UNKNOWN | prefill SAME / not judged | "
-    "sessions failed | median B/A | median process pairs | median session |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "sessions failed | median B/A | median process pairs | median round pairs per process pair | median session |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
 ]
 
 
@@ -90,6 +92,7 @@ def session(python: Path, project: Path, ref: str, options: list[str], cond: Con
         if ms is not None:
             cond.ms.append(ms["decision"])
             cond.processes.append(ms["processes"])
+            cond.rounds.append(ms["pairs"] / max(ms["processes"], 1))
             if ms["ratio"] is not None:
                 cond.ratios.append(ms["ratio"])
         if pre is not None:
@@ -103,7 +106,7 @@ def session(python: Path, project: Path, ref: str, options: list[str], cond: Con
 
 
 def run_model(python: Path, model: str, args: argparse.Namespace, options: list[str], work: Path) -> list[str]:
-    project = make_project(work / model, model, args.new_tokens)
+    project = make_project(work / Path(model).name, model, args.new_tokens)  # a model may be a checkpoint's path
     first = git(project, "rev-parse", "HEAD")
     step = step_ms(python, project, options)
     print(f"# {model}: baseline step {step:.3f} ms (plain run)", flush=True)

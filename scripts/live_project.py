@@ -102,7 +102,7 @@ def step_ms(python: Path, project: Path, options: list[str]) -> float:
     out = project / "plain.json"
     proc = run([str(python), "-m", "pytest", "perf", "--decodeperf", f"--decodeperf-json={out}", *options], project)
     if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"the plain run failed:\n{proc.stdout[-3000:]}")
+        raise SystemExit(f"the plain run failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     records = json.loads(out.read_text())["results"]
     out.unlink()
     return float(next(r["ms_per_token"] for r in records if r["stream"] == "baseline"))
