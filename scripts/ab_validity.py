@@ -23,19 +23,15 @@ row per model and condition, and the whole table at the end, for docs/explanatio
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live_project import git, make_project, make_venv, run, set_extra, step_ms
+from live_project import every_model, git, make_project, run, set_extra, step_ms
 
 
 @dataclass
@@ -136,17 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pytest-args", default="", help="extra options for every session, e.g. the A/B budget")
     args = parser.parse_args(argv)
     args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
-    options = args.pytest_args.split()
     work = Path(tempfile.mkdtemp(prefix="ab-validity-"))
     try:
-        python = Path(os.path.abspath(args.python)) if args.python else make_venv(work / "venv")
-        started = datetime.datetime.now(datetime.timezone.utc)
-        rows: list[str] = []
-        for model in [m for m in args.models.split(",") if m]:
-            rows += run_model(python, model, args, options, work)
-        command = " ".join(["python scripts/ab_validity.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\n{started:%Y-%m-%d}, {platform.node()} ({os.cpu_count()} CPUs), `{command}`:\n")
-        print("\n".join([*HEADER, *rows]))
+        every_model("ab_validity.py", argv, args, work, run_model, HEADER)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

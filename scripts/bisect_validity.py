@@ -15,20 +15,16 @@ row per condition, and the whole table at the end:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from live_project import git, make_project, make_venv, run, set_extra, step_ms
+from live_project import every_model, git, make_project, run, set_extra, step_ms
 
 HEADER = [
     "| model | slowed commit | runs | right | undecided | wrong | median A/Bs | median bisection |",
@@ -106,17 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pytest-args", default="", help="extra options for every session, e.g. the A/B budget")
     args = parser.parse_args(argv)
     args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
-    options = args.pytest_args.split()
     work = Path(tempfile.mkdtemp(prefix="bisect-validity-"))
     try:
-        python = Path(os.path.abspath(args.python)) if args.python else make_venv(work / "venv")
-        started = datetime.datetime.now(datetime.timezone.utc)
-        rows: list[str] = []
-        for model in [m for m in args.models.split(",") if m]:
-            rows += run_model(python, model, args, options, work)
-        command = " ".join(["python scripts/bisect_validity.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\n{started:%Y-%m-%d}, {platform.node()} ({os.cpu_count()} CPUs), `{command}`:\n")
-        print("\n".join([*HEADER, *rows]))
+        every_model("bisect_validity.py", argv, args, work, run_model, HEADER)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

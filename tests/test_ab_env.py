@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch  # noqa: F401  # before any in-process run: pytester's module snapshot then keeps numpy (it cannot load twice)
+from test_ab import TEST
 
 SLOWPATCH = '''"""An "upgrade" that slows every forward of a *LMHeadModel by 8 ms, hooked in as torch.nn is imported."""
 import importlib.abc
@@ -51,14 +52,8 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _Finder())
 '''
-TEST = """
-import pytest
-
-@pytest.mark.decode_perf(models="tiny-gpt2", cache="dynamic", stream="baseline", new_tokens=8, stop="none")
-def test_decode():
-    pass
-"""
 ARGS = ["--decodeperf", "--decodeperf-ab-processes=3", "--decodeperf-ab-max-pairs=15", "-p", "no:cacheprovider"]
+ARGS += ["-k", "baseline"]  # test_ab's test file, one of its two variants
 
 
 def make_venv(path: Path) -> tuple[Path, Path]:

@@ -1,11 +1,11 @@
 """``decodeperf bisect``: the search and its report on fake steps, bad input, and one live bisection.
 
-The live test bisects a temporary repository of three commits: good, one that adds ~8 ms of busy work
-to every forward of tiny-gpt2 (a slowdown of several times, which no noise here reaches), and a
-harmless one after it (BAD). The bisection must name the middle commit, with each step's A/B evidence,
-and leave the checkout and git's worktree list as they were. The parity path is the same plumbing with
-a plain run per step: tested here on canned session output, no process.
-"""
+The live test bisects a temporary repository of three commits (``test_ab.py``'s test file and
+conftest, one variant): good, one that adds ~8 ms of busy work to every forward of tiny-gpt2 (a
+slowdown of several times, which no noise here reaches), and a harmless one after it (BAD). The
+bisection must name the middle commit, with each step's A/B evidence, and leave the checkout and
+git's worktree list as they were. The parity path is the same plumbing with a plain run per step:
+tested here on canned session output, no process."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from git_helpers import git
+from test_ab import CONFTEST, TEST
 
 from pytest_decodeperf.ab import bisect_steps, bisection
 from pytest_decodeperf.ab.bisect_steps import Commit, Outcome, Sessions, Step
@@ -192,30 +193,6 @@ def test_auto_mode_bisects_parity_when_bad_fails_it_and_refuses_a_good_that_fail
         bisection.run(shas[0], shas[2], "auto", [], said.append)
 
 
-TEST = """
-import pytest
-
-@pytest.mark.decode_perf(models="tiny-gpt2", cache="dynamic", stream="baseline", new_tokens=8, stop="none")
-def test_decode():
-    pass
-"""
-CONFTEST = """
-import time
-import pytest
-from pytest_decodeperf import build_model
-
-@pytest.fixture
-def decode_model(decode_variant):
-    model = build_model(decode_variant.model)
-    def work(*_):
-        end = time.perf_counter() + {slowdown}
-        while time.perf_counter() < end:
-            pass
-    model.register_forward_hook(work)
-    return model
-"""
-
-
 def test_a_bisection_over_three_commits_names_the_slow_one_and_leaves_the_checkout_alone(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,7 +209,7 @@ def test_a_bisection_over_three_commits_names_the_slow_one_and_leaves_the_checko
     git(repo, "commit", "-q", "-m", "notes")
     culprit = git(repo, "rev-parse", "HEAD~1")
     (repo / "notes.txt").write_text("an uncommitted edit\n")  # must survive, and take no part
-    budget = ["--decodeperf-ab-processes=3", "--decodeperf-ab-max-pairs=15", "-p", "no:cacheprovider"]
+    budget = ["--decodeperf-ab-processes=3", "--decodeperf-ab-max-pairs=15", "-p", "no:cacheprovider", "-k", "baseline"]
     proc = cli(repo, "HEAD~2", "HEAD", *budget, "--json", "bisect.json")
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
