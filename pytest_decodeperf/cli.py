@@ -7,6 +7,8 @@
 ``decodeperf history-pull``  clone the results branch into the results directory (empty if none yet)
 ``decodeperf history-push``  commit and push this run's results, rebasing onto other machines' pushes
 ``decodeperf history-last``  the code commit of the newest results on the branch (what a nightly A/B is against)
+``decodeperf bisect GOOD BAD [pytest args]``  the first commit between them that made decoding slower, or
+                    broke parity: the same-session A/B (or a parity run) at each step, in worktrees
 
 ``python -m pytest_decodeperf ...`` is the same command.
 """
@@ -184,6 +186,26 @@ def _history_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bisect(args: argparse.Namespace, rest: list[str]) -> int:
+    from .ab.bisect_steps import UsageRefused
+    from .ab.bisection import report, run, write_json
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    mode = "parity" if args.parity else "speed" if args.speed else "auto"
+    try:
+        bisection = run(args.good, args.bad, mode, rest[1:] if rest[:1] == ["--"] else rest, say)
+    except (DecodePerfError, UsageRefused) as exc:
+        print(f"decodeperf bisect: {exc}", file=sys.stderr)
+        return 2
+    code = report(bisection, say)
+    if args.json:
+        write_json(Path(args.json), bisection)
+    bisection.clean()
+    return code
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="decodeperf", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True)
@@ -246,6 +268,18 @@ def parser() -> argparse.ArgumentParser:
     hpush.add_argument("--commit", default=None, help="the code commit these results measured (for history-last)")
     hlast = sub.add_parser("history-last", help="print the code commit of the newest results on the branch")
     hlast.add_argument("--results-dir", required=True, help="a checkout of the results branch")
+    bis = sub.add_parser(
+        "bisect",
+        allow_abbrev=False,
+        help="the first commit after GOOD up to BAD that made decoding slower (an A/B against GOOD at each "
+        "step) or broke parity; the other arguments go to pytest",
+    )
+    bis.add_argument("good", metavar="GOOD", help="a commit that was fine (hash, branch or tag)")
+    bis.add_argument("bad", metavar="BAD", help="a later commit that is not (BAD's first parents lead to GOOD)")
+    what = bis.add_mutually_exclusive_group()
+    what.add_argument("--speed", action="store_true", help="bisect a slowdown (default: parity if BAD fails it)")
+    what.add_argument("--parity", action="store_true", help="bisect the first commit whose tokens differ")
+    bis.add_argument("--json", default=None, help="also write every step and the answer to this file")
     return top
 
 
@@ -259,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "compare":
         return _compare(args, rest)
+    if args.command == "bisect":
+        return _bisect(args, rest)
     if args.command in ("history-pull", "history-push", "history-last"):
         if rest:
             parser().error(f"unrecognized arguments: {' '.join(rest)}")

@@ -123,6 +123,17 @@ def check_writable_dir(path: Path) -> Path:
     return path
 
 
+def _interpreter(text: str) -> str:
+    """An interpreter's path made absolute but not resolved: a venv's ``bin/python`` is a link to the base
+    interpreter, and only the link's path makes Python start in that venv."""
+    path = Path(str(text).strip()).expanduser()
+    if not path.exists():
+        raise DecodePerfError(f"interpreter {str(path)!r} does not exist")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise DecodePerfError(f"interpreter {str(path)!r} is not an executable file")
+    return os.path.abspath(path)
+
+
 def _profile(text: str) -> tuple[int, int]:
     from .engine.measure.nvtx import parse_profile_steps
 
@@ -348,6 +359,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         const="",
     ),
     OptionSpec(
+        "ab-python",
+        "A/B across environments: side A (the reference) runs with this interpreter (another venv: an older "
+        "torch or transformers); alone, both sides run this checkout's code; with --decodeperf-ab, REF's. The "
+        "verdict names the packages whose versions differ",
+        _interpreter,
+        None,
+        metavar="PATH",
+    ),
+    OptionSpec(
         "ab-max-pairs",
         "with --decodeperf-ab: the most A/B round pairs per variant before the verdict is UNKNOWN, spread over "
         "the process pairs (default 200)",
@@ -469,6 +489,7 @@ class Settings:
     asv_config: Path
     compare: str | None
     ab: str | None
+    ab_python: str | None
     ab_max_pairs: int
     ab_processes: int
     fail_on_regression: float

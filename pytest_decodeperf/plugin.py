@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from .job_summary import configure as configure_markdown
 
         configure_markdown(config, dp)  # the Markdown report: --decodeperf-markdown, GITHUB_STEP_SUMMARY
-        if settings.ab is not None:
+        if settings.ab is not None or settings.ab_python is not None:
             from .ab.plugin import configure as configure_ab
 
             configure_ab(config, dp)

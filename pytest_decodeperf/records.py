@@ -169,9 +169,13 @@ class ABMetric(TypedDict):
 
 class ABRecord(TypedDict):
     test: str  # pytest nodeid
-    ref: str  # REF as given (or the default's name)
-    a_commit: str
+    ref: str  # REF as given (or the default's name); "" when only the environment differs (--decodeperf-ab-python)
+    a_commit: str  # "" outside git (an A/B of environments alone)
     b_commit: str
+    a_python: str | None  # side A's interpreter, --decodeperf-ab-python (None: the same as B's; older: absent)
+    # [A, B] versions of python, torch, transformers, and of every distribution whose version differs between
+    # the sides (None: absent on that side; older records: absent)
+    versions: dict[str, list[str | None]]
     gate_pct: float
     failed: bool
     error: str | None  # why the item has no verdict (a side's setup failed, a worker died)

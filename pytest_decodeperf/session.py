@@ -74,7 +74,7 @@ class DecodePerfSession:
     @property
     def delegated(self) -> bool:
         """Whether the items are measured elsewhere (the A/B's workers), not in this process."""
-        return self.settings.ab is not None
+        return self.settings.ab is not None or self.settings.ab_python is not None
 
     @property
     def reporter(self) -> bool:

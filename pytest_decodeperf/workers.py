@@ -36,7 +36,11 @@ class WorkerGone(DecodePerfError):
 
 
 class WorkerProcess:
-    """One child: ``python SCRIPT R,W ARGS...`` with two pipes (fds ``R`` and ``W`` on its side) and a log."""
+    """One child: ``python SCRIPT R,W ARGS...`` with two pipes (fds ``R`` and ``W`` on its side) and a log.
+
+    ``python`` is this interpreter unless given: an A/B side may run in another environment (another venv,
+    another torch or transformers), which is why the script is run by path and imports nothing at start.
+    """
 
     def __init__(
         self,
@@ -47,13 +51,14 @@ class WorkerProcess:
         log_path: Path,
         env: Mapping[str, str],
         reply_timeout_s: float = REPLY_TIMEOUT_S,
+        python: str | None = None,
     ):
         self.name = name
         self.log_path = log_path
         self.reply_timeout_s = reply_timeout_s
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        cmd = [sys.executable, str(script), f"{to_child_r},{from_child_w}", *args]
+        cmd = [python or sys.executable, str(script), f"{to_child_r},{from_child_w}", *args]
         with open(log_path, "w") as log:
             self.proc = subprocess.Popen(
                 cmd,

@@ -23,19 +23,15 @@ row per model and condition, and the whole table at the end, for docs/explanatio
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live_project import git, make_project, make_venv, run, set_extra, step_ms
+from live_project import every_model, git, make_project, run, set_extra, step_ms
 
 
 @dataclass
@@ -47,6 +43,7 @@ class Condition:
     prefill: list[str] = field(default_factory=list)  # prefill decision, or "not judged"
     ratios: list[float] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)  # round pairs per process pair (they stop once pinned)
     seconds: list[float] = field(default_factory=list)
 
     def share(self, values: list[str], *words: str) -> str:
@@ -55,19 +52,20 @@ class Condition:
     def row(self, model: str) -> str:
         ratio = f"x{statistics.median(self.ratios):.3f}" if self.ratios else "-"
         procs = f"{statistics.median(self.processes):.0f}" if self.processes else "-"
+        rounds = f"{statistics.median(self.rounds):.1f}" if self.rounds else "-"
         return (
             f"| {model} | {self.label} | {len(self.ms)} | {self.share(self.ms, 'different_worse')} | "
             f"{self.share(self.ms, 'different_worse', 'different_better')} | {self.share(self.ms, 'same')} | "
             f"{self.share(self.ms, 'unknown')} | {self.share(self.prefill, 'same')} / "
             f"{self.share(self.prefill, 'not judged')} | {self.failed}/{self.sessions} | {ratio} | {procs} | "
-            f"{statistics.median(self.seconds):.0f} s |"
+            f"{rounds} | {statistics.median(self.seconds):.0f} s |"
         )
 
 
 HEADER = [
     "| model | B | decisions | ms/token WORSE | DIFFERENT | SAME | UNKNOWN | prefill SAME / not judged | "
-    "sessions failed | median B/A | median process pairs | median session |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "sessions failed | median B/A | median process pairs | median round pairs per process pair | median session |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
 ]
 
 
@@ -90,6 +88,7 @@ def session(python: Path, project: Path, ref: str, options: list[str], cond: Con
         if ms is not None:
             cond.ms.append(ms["decision"])
             cond.processes.append(ms["processes"])
+            cond.rounds.append(ms["pairs"] / max(ms["processes"], 1))
             if ms["ratio"] is not None:
                 cond.ratios.append(ms["ratio"])
         if pre is not None:
@@ -103,7 +102,7 @@ def session(python: Path, project: Path, ref: str, options: list[str], cond: Con
 
 
 def run_model(python: Path, model: str, args: argparse.Namespace, options: list[str], work: Path) -> list[str]:
-    project = make_project(work / model, model, args.new_tokens)
+    project = make_project(work / Path(model).name, model, args.new_tokens)  # a model may be a checkpoint's path
     first = git(project, "rev-parse", "HEAD")
     step = step_ms(python, project, options)
     print(f"# {model}: baseline step {step:.3f} ms (plain run)", flush=True)
@@ -133,17 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pytest-args", default="", help="extra options for every session, e.g. the A/B budget")
     args = parser.parse_args(argv)
     args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
-    options = args.pytest_args.split()
     work = Path(tempfile.mkdtemp(prefix="ab-validity-"))
     try:
-        python = Path(os.path.abspath(args.python)) if args.python else make_venv(work / "venv")
-        started = datetime.datetime.now(datetime.timezone.utc)
-        rows: list[str] = []
-        for model in [m for m in args.models.split(",") if m]:
-            rows += run_model(python, model, args, options, work)
-        command = " ".join(["python scripts/ab_validity.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\n{started:%Y-%m-%d}, {platform.node()} ({os.cpu_count()} CPUs), `{command}`:\n")
-        print("\n".join([*HEADER, *rows]))
+        every_model("ab_validity.py", argv, args, work, run_model, HEADER)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -22,9 +22,7 @@ Per condition: sessions failed, and each variant's ms/token row mark (``+`` wors
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -37,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live_project import ROOT, git, make_project, make_venv, run, set_extra, step_ms
+from live_project import ROOT, every_model, git, make_project, run, set_extra, step_ms
 
 ROW = re.compile(r"^([+\-~? ])\s+\S+\s+\S+\s+~?\d+\.\d+\s+\S*time_decode_per_token\(")
 
@@ -151,20 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pytest-args", default="", help="extra options for every session")
     args = parser.parse_args(argv)
     args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
-    options = args.pytest_args.split()
     work = Path(tempfile.mkdtemp(prefix="history-validity-"))
     old_home = os.environ.get("HOME")
     os.environ["HOME"] = str(work / "home")  # asv's machine file stays out of the real home
     (work / "home").mkdir()
     try:
-        python = Path(os.path.abspath(args.python)) if args.python else make_venv(work / "venv")
-        started = datetime.datetime.now(datetime.timezone.utc)
-        rows: list[str] = []
-        for model in [m for m in args.models.split(",") if m]:
-            rows += run_model(python, model, args, options, work)
-        command = " ".join(["python scripts/history_validity.py", *(argv if argv is not None else sys.argv[1:])])
-        print(f"\n{started:%Y-%m-%d}, {platform.node()} ({os.cpu_count()} CPUs), `{command}`:\n")
-        print("\n".join([*HEADER, *rows]))
+        every_model("history_validity.py", argv, args, work, run_model, HEADER)
     finally:
         if old_home is not None:
             os.environ["HOME"] = old_home

@@ -8,11 +8,15 @@ later commit can be slower by a known fraction of the measured step.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFTEST = """
@@ -97,12 +101,33 @@ def set_extra(project: Path, seconds: float, message: str) -> None:
     git(project, "commit", "-q", "--allow-empty", "-am", message)
 
 
+def every_model(
+    script: str,
+    argv: list[str] | None,
+    args: Any,
+    work: Path,
+    run_model: Callable[[Path, str, Any, list[str], Path], list[str]],
+    header: list[str],
+) -> None:
+    """A benchmark's main loop: the interpreter (a fresh venv unless ``args.python``), ``run_model`` for each
+    of ``args.models`` (its table rows), then the date, the machine, the command and the whole table."""
+    python = Path(os.path.abspath(args.python)) if args.python else make_venv(work / "venv")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    options = args.pytest_args.split()
+    rows: list[str] = []
+    for model in [m for m in args.models.split(",") if m]:
+        rows += run_model(python, model, args, options, work)
+    command = " ".join([f"python scripts/{script}", *(argv if argv is not None else sys.argv[1:])])
+    print(f"\n{started:%Y-%m-%d}, {platform.node()} ({os.cpu_count()} CPUs), `{command}`:\n")
+    print("\n".join([*header, *rows]))
+
+
 def step_ms(python: Path, project: Path, options: list[str]) -> float:
     """The baseline variant's ms/token in a plain run of the first commit."""
     out = project / "plain.json"
     proc = run([str(python), "-m", "pytest", "perf", "--decodeperf", f"--decodeperf-json={out}", *options], project)
     if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"the plain run failed:\n{proc.stdout[-3000:]}")
+        raise SystemExit(f"the plain run failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     records = json.loads(out.read_text())["results"]
     out.unlink()
     return float(next(r["ms_per_token"] for r in records if r["stream"] == "baseline"))

@@ -72,6 +72,18 @@ def test_the_ab_validity_script_drives_real_ab_sessions_and_prints_its_table() -
     assert "| model | B | decisions | ms/token WORSE |" in proc.stdout
 
 
+def test_the_bisect_validity_script_bisects_a_project_and_prints_its_table() -> None:
+    """The live bisection benchmark once, tiny (one commit after the first, slowed: one A/B): no rate asserted."""
+    cmd = [sys.executable, str(ROOT / "scripts/bisect_validity.py"), "--commits", "1", "--runs", "1", "--aa-runs", "0"]
+    cmd += ["--slowdowns", "1.0", "--new-tokens", "4", "--python", sys.executable]
+    cmd += ["--pytest-args", "--decodeperf-ab-processes=3 --decodeperf-ab-max-pairs=12"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| tiny-gpt2 |")]
+    assert [row.split(" | ")[1:3] for row in rows[-1:]] == [["+100% per step, 1 of 1", "1"]]
+    assert "| model | slowed commit | runs | right | undecided | wrong |" in proc.stdout
+
+
 def test_the_history_validity_script_drives_separate_recorded_runs_and_prints_its_table() -> None:
     """The live history benchmark once, tiny (one comparison per condition): it runs, no rate asserted."""
     cmd = [sys.executable, str(ROOT / "scripts/history_validity.py"), "--aa-runs", "1", "--runs", "1"]

@@ -43,3 +43,15 @@ def test_an_ab_side_and_a_rank_expand_the_same_variants(pytester: pytest.Pyteste
     assert "--decodeperf-dtype=bfloat16" in args
     assert f"--decodeperf-model-path={os.path.join(str(pytester.path), 'ckpt')}" in args  # absolute: other trees
     assert args[-2:] == ["-p", "no:foo"]
+
+
+def test_no_module_beside_the_worker_script_shadows_a_standard_one() -> None:
+    """worker.py runs by path, so its folder is first on sys.path until main() drops it: an ``ab/bisect.py``
+    was imported as the standard ``bisect`` by pytest's own imports, and every worker died."""
+    import sys
+    from pathlib import Path
+
+    import pytest_decodeperf.ab as ab
+
+    names = {p.stem for p in Path(ab.__file__).parent.glob("*.py")}
+    assert not names & set(sys.stdlib_module_names)

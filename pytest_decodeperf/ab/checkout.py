@@ -4,6 +4,9 @@ Every check that can refuse the run happens here, before a worker starts, and sa
 git checkout, a REF that is not a commit, uncommitted changes (B must be a commit too, or the
 verdict would name a commit that was never measured), a REF where a collected test file is missing.
 The worktree is removed on exit whatever happened, so nothing is left half-made in the repository.
+
+With ``--decodeperf-ab-python`` side A runs with another interpreter; without a REF both sides run
+the checkout's own files (no worktree, no commit needed: only the environment differs).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,13 +30,34 @@ class Sides:
 
     top: Path
     rootdir: Path  # pytest's rootdir, inside ``top``
-    ref: str  # as the user gave it, or the default's name
-    a_commit: str
+    ref: str  # as the user gave it, or the default's name ("" when only the environment differs)
+    a_commit: str  # "" outside git (an environment A/B needs none)
     b_commit: str
+    python: str | None = None  # side A's interpreter (None: this one)
+
+    @property
+    def same_code(self) -> bool:
+        """Both sides run the checkout's files: only the interpreter (the environment) differs."""
+        return not self.ref
+
+    @property
+    def against(self) -> str:
+        """What B is judged against, in the words of a failed item's line."""
+        if self.same_code:
+            return f"{self.python}"
+        return self.ref + (f" with {self.python}" if self.python else "")
 
     @property
     def label(self) -> str:
-        return f"B = {self.b_commit[:8]} (the checkout) against A = {self.a_commit[:8]} ({self.ref})"
+        if self.same_code:
+            b = f"B = the checkout{self.short(self.b_commit)} with {sys.executable}"
+            return f"{b} against A = the checkout with {self.python}"
+        a = f"A = {self.a_commit[:8]} ({self.ref})" + (f" with {self.python}" if self.python else "")
+        return f"B = {self.b_commit[:8]} (the checkout) against {a}"
+
+    @staticmethod
+    def short(commit: str) -> str:
+        return f" ({commit[:8]})" if commit else ""
 
 
 def default_ref(top: Path) -> str:
@@ -56,8 +81,16 @@ def _default_branch(top: Path) -> str | None:
     return None
 
 
-def resolve_sides(rootdir: Path, ref: str) -> Sides:
-    """Check the checkout and REF (empty: the default); raise DecodePerfError with one line."""
+def resolve_sides(rootdir: Path, ref: str | None, python: str | None = None) -> Sides:
+    """Check the checkout and REF (empty: the default; None: no REF, only ``python`` differs); raise
+    DecodePerfError with one line."""
+    if ref is None:
+        if python is None:
+            raise DecodePerfError("an A/B needs --decodeperf-ab=REF, --decodeperf-ab-python=PATH or both")
+        top_text = git(rootdir, "rev-parse", "--show-toplevel")
+        head = git(rootdir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}") if top_text else None
+        top = Path(top_text).resolve() if top_text else rootdir.resolve()
+        return Sides(top, rootdir.resolve(), "", head or "", head or "", python)
     top_text = git(rootdir, "rev-parse", "--show-toplevel")
     if top_text is None:
         raise DecodePerfError(f"--decodeperf-ab compares two commits, but {rootdir} is not inside a git checkout")
@@ -80,7 +113,7 @@ def resolve_sides(rootdir: Path, ref: str) -> Sides:
             f"--decodeperf-ab measures commits, and the checkout has uncommitted changes ({shown}): "
             "commit or stash them first"
         )
-    return Sides(top, rootdir.resolve(), ref, a_commit, head)
+    return Sides(top, rootdir.resolve(), ref, a_commit, head, python)
 
 
 def check_files_at_ref(sides: Sides, tree: Path, files: Iterable[Path]) -> None:
@@ -117,11 +150,19 @@ def check_options_at_ref(sides: Sides, tree: Path, args: Iterable[str]) -> None:
 @contextlib.contextmanager
 def worktree(sides: Sides) -> Iterator[Path]:
     """REF checked out (detached) in a temporary worktree; removed, with git's record of it, on exit."""
+    with worktree_at(sides.top, sides.a_commit, f"--decodeperf-ab: could not check out {sides.ref}") as path:
+        yield path
+
+
+@contextlib.contextmanager
+def worktree_at(top: Path, commit: str, failure: str) -> Iterator[Path]:
+    """``commit`` checked out (detached) in a temporary worktree of the repository at ``top``; removed, with
+    git's record of it, on exit whatever happened; ``failure`` starts the one line said when git cannot."""
     parent = Path(tempfile.mkdtemp(prefix="decodeperf-ab-"))
     path = parent / "ref"
     made = subprocess.run(
-        ["git", "worktree", "add", "--detach", "--quiet", str(path), sides.a_commit],
-        cwd=sides.top,
+        ["git", "worktree", "add", "--detach", "--quiet", str(path), commit],
+        cwd=top,
         capture_output=True,
         text=True,
         check=False,
@@ -129,12 +170,10 @@ def worktree(sides: Sides) -> Iterator[Path]:
     if made.returncode != 0:
         shutil.rmtree(parent, ignore_errors=True)
         reason = (made.stderr.strip().splitlines() or ["git failed"])[-1]
-        raise DecodePerfError(f"--decodeperf-ab: could not check out {sides.ref} in a worktree: {reason}")
+        raise DecodePerfError(f"{failure} in a worktree: {reason}")
     try:
         yield path
     finally:
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", str(path)], cwd=sides.top, capture_output=True, check=False
-        )
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=top, capture_output=True, check=False)
         shutil.rmtree(parent, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=sides.top, capture_output=True, check=False)
+        subprocess.run(["git", "worktree", "prune"], cwd=top, capture_output=True, check=False)

@@ -19,6 +19,15 @@ average, never WORSE; +5% WORSE in 98-100%; +2% WORSE in 1-7%. A metric whose sp
 ever be shown within the gate in the process budget, and whose estimate so far shows no material
 change, is *hopeless*: the controller stops paying for it and says so. One whose estimate is beyond
 ``magnitude`` of the gate keeps being sampled: more process pairs may show it worse.
+
+How many round pairs one process pair gets follows its noise (:func:`pinned`): at least
+``MIN_ROUNDS``, then the controller stops as soon as that pair's own ratio is pinned (its 95% interval
+within a third of the gate) or the round budget is spent. The rule reads only the *spread* of the
+pair's log-ratios, never their level, so it cannot stop a pair because its ratio looks good or bad:
+under no change each estimate stays symmetric about 0 whatever the stopping time, and the process
+pairs' estimates stay independent, so the false-alarm bound above is untouched. What it changes is
+each estimate's within-pair noise, now about the same in every pair (a quiet pair stops early, a noisy
+one runs to the budget) and small beside the process-level spread, which rounds cannot reduce anyway.
 """
 
 from __future__ import annotations
@@ -31,9 +40,31 @@ from numpy.typing import ArrayLike
 
 from .boundaries import _gs_critical, _norm_sf
 from .decision import Decision, Verdict, _check_rule, _verdict
-from .estimate import Stat, _check_unit, _location, _LogEstimate, _pair_up, _t_isf
+from .estimate import TRIM, Stat, _check_unit, _location, _LogEstimate, _pair_up, _t_isf
 
 MIN_PROCESSES = 3  # two estimates give one degree of freedom: an interval too wide to decide anything
+MIN_ROUNDS = 5  # round pairs a process pair gets before it may stop as pinned (its trimmed mean keeps 3)
+PIN_SHARE = 1.0 / 3.0  # pinned: the pair's 95% interval of B/A lies within +-this share of the gate
+
+
+def pinned(a_values: ArrayLike, b_values: ArrayLike, threshold: float, share: float = PIN_SHARE) -> bool:
+    """True when one process pair's ratio B/A is pinned: at least ``MIN_ROUNDS`` round pairs, and the 95%
+    interval of their trimmed mean log-ratio (Tukey-McLaughlin: winsorized SD, Student t with h - 1 degrees
+    of freedom, h the values kept) no wider than ``share`` of the gate ``log(1 + threshold)`` either way.
+
+    Location-free on purpose: shifting every log-ratio by a constant, or flipping their signs, gives the same
+    answer, so when a pair stops says nothing about where its estimate lies (see the module docstring).
+    """
+    a, b = _pair_up(a_values, b_values, paired=True)
+    d = np.sort(np.log(b) - np.log(a))
+    n = d.size
+    if n < MIN_ROUNDS:
+        return False
+    g = int(TRIM * n)
+    h = n - 2 * g
+    w = np.clip(d, d[g], d[n - 1 - g])
+    se = math.sqrt(float(np.sum((w - np.mean(w)) ** 2)) / (h * (h - 1)))
+    return _t_isf(0.025, h - 1) * se <= share * math.log1p(threshold)
 
 
 class ClusteredAB:

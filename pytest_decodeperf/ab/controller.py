@@ -6,11 +6,15 @@ The pytest session given ``--decodeperf-ab`` collects as usual, then starts one 
 process's memory layout, hash seed and core bias its timings for its whole life, so a verdict needs
 several). In each pair both workers set up every item still undecided, warm it, and time rounds when
 asked, one at a time, strictly alternating (each round then follows the other process's, so both
-start equally cold), the side that starts and goes first alternating from pair to pair. After each
-process pair the gate (``clustered.py``) looks at every item, the process pair being its unit; an
-item stops once each metric is decided, or one is worse. A significant slowdown beyond the gate fails
-an item, and so does an item that could not be measured on a side (an error there, a worker that
-died: the line says which); UNKNOWN says why and passes; the sync count compares exactly.
+start equally cold), the side that starts and goes first alternating from pair to pair. A pair's
+rounds of an item stop once its own ratio is pinned (``clustered.pinned``), at the round budget, or
+when they take too long. After each process pair the gate (``clustered.py``) looks at every item, the
+process pair being its unit; an item stops once each metric is decided, or one is worse. A
+significant slowdown beyond the gate fails an item, and so does an item that could not be measured
+on a side (an error there, a worker that died: the line says which); UNKNOWN says why and passes;
+the sync count compares exactly. With ``--decodeperf-ab-python`` side A runs with another
+interpreter, and the lines name the package versions that differ. Starting, ending and reaping the
+workers (and what of that may overlap) is ``pairs.py``'s.
 """
 
 from __future__ import annotations
@@ -20,21 +24,23 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DecodePerfError
-from ..records import ABMetric, ABRecord
-from ..workers import WorkerGone, WorkerProcess, child_env, close_all
+from ..records import ABRecord
+from ..workers import WorkerGone, WorkerProcess
 from .checkout import Sides
-from .clustered import ClusteredAB
-from .decision import Decision, Verdict
+from .clustered import MIN_ROUNDS, ClusteredAB, pinned
+from .decision import Decision
+from .environment import describe, record_versions, versions_of
+from .items import METRIC_NAMES, PRIMARY, ItemVerdict
+from .pairs import Pair, PairLauncher
+
+__all__ = ["METRIC_NAMES", "PRIMARY", "ABRun", "ItemVerdict", "RoundError"]
 
 BORROWED = "it imported the checkout's code"  # worker.py's words for side A importing B's code
-METRIC_NAMES = {"ms_per_token": "ms/token", "prefill_ms": "prefill", "tpot_ms": "TPOT", "request_ttft_ms": "TTFT"}
-PRIMARY = "ms_per_token"  # the metric a run keeps sampling for; the others ride along unless resolvable
-ROUND_BUDGET_S = 30.0  # per item and process pair: fewer round pairs (at least MIN_ROUNDS) when rounds are slow
-MIN_ROUNDS = 3
+ROUND_BUDGET_S = 30.0  # per item and process pair: fewer round pairs (at least SLOW_ROUNDS) when rounds are slow
+SLOW_ROUNDS = 3
 
 
 class RoundError(DecodePerfError):
@@ -43,77 +49,6 @@ class RoundError(DecodePerfError):
     def __init__(self, side: str, message: str):
         super().__init__(f"side {side}: {message}")
         self.side = side
-
-
-@dataclass
-class ItemVerdict:
-    nodeid: str
-    label: str
-    gates: dict[str, ClusteredAB] = field(default_factory=dict)
-    syncs: tuple[float | None, float | None] = (None, None)
-    error: str | None = None
-
-    @property
-    def verdicts(self) -> dict[str, Verdict]:
-        return {name: gate.verdict() for name, gate in self.gates.items()}
-
-    @property
-    def syncs_rose(self) -> bool:
-        a, b = self.syncs
-        return a is not None and b is not None and b > a
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None or self.syncs_rose or any(v.failed for v in self.verdicts.values())
-
-    @property
-    def settled(self) -> bool:
-        """Nothing more to sample: an error, a rise in syncs, a worse metric, or every metric decided.
-
-        A secondary metric (prefill) that cannot be shown within the gate in the budget is not waited for.
-        """
-        if self.error is not None or self.syncs_rose or any(v.failed for v in self.verdicts.values()):
-            return True
-        waited = [g for name, g in self.gates.items() if name == PRIMARY or not g.hopeless()]
-        return bool(self.gates) and all(g.done for g in waited)
-
-    def record(self, sides: Sides, threshold: float) -> ABRecord:
-        def nan_none(x: float) -> float | None:
-            return None if math.isnan(x) else x
-
-        metrics = {
-            name: ABMetric(
-                decision=v.decision.value,
-                judged=not v.note.startswith("not judged"),
-                ratio=nan_none(v.ratio),
-                ci_low=nan_none(v.lo),
-                ci_high=nan_none(v.hi),
-                processes=v.processes,
-                pairs=v.n_pairs,
-                note=v.note,
-            )
-            for name, v in self.verdicts.items()
-        }
-        return ABRecord(
-            test=self.nodeid,
-            ref=sides.ref,
-            a_commit=sides.a_commit,
-            b_commit=sides.b_commit,
-            gate_pct=100.0 * threshold,
-            failed=self.failed,
-            error=self.error,
-            metrics=metrics,
-            syncs_per_step=list(self.syncs),
-        )
-
-    def line(self) -> str:
-        if self.error is not None:
-            return f"{self.label}: error (fails): {self.error}"
-        parts = [f"{METRIC_NAMES.get(k, k)} {v.message()}" for k, v in self.verdicts.items()]
-        a, b = self.syncs
-        if a is not None and b is not None:
-            parts.append(f"syncs/step {a:g} -> {b:g}" + (" (rose: fails)" if b > a else ""))
-        return f"{self.label}: " + "; ".join(parts or ["no metric could be timed"])
 
 
 class ABRun:
@@ -132,58 +67,46 @@ class ABRun:
         self.sides = sides
         self.threshold = threshold
         self.processes = processes
-        self.rounds_per_pair = max(MIN_ROUNDS, math.ceil(max_pairs / processes))
-        self.pytest_args = pytest_args
+        self.rounds_per_pair = max(SLOW_ROUNDS, math.ceil(max_pairs / processes))
         self.cpus = cpus
         self.log_dir = Path(tempfile.mkdtemp(prefix="decodeperf-ab-logs-"))
         rel = sides.rootdir.relative_to(sides.top)
-        self.trees = {"A": tree_a / rel, "B": sides.rootdir}
+        trees = {"A": tree_a / rel, "B": sides.rootdir}
+        self.launcher = PairLauncher(sides, trees, pytest_args, self.log_dir, cpus)
         self.items: dict[str, ItemVerdict] = {}
-        self.pair = 0  # process pairs started so far
-        self.workers: dict[str, WorkerProcess] = {}
+        self.current: Pair | None = None
+        self.versions: dict[str, list[str | None]] = {}
+        self.differs = ""  # the environments' differing versions, A -> B
+        self.round_pairs: list[int] = []  # round pairs per item and process pair, as run
         self.broken: str | None = None
 
+    @property
+    def pair(self) -> int:
+        """The process pairs started so far (the one running included)."""
+        return self.current.index if self.current is not None else 0
+
+    @property
+    def workers(self) -> dict[str, WorkerProcess]:
+        return self.current.workers if self.current is not None else {}
+
     # ------------------------------------------------------------------------------------------ processes
-    def _start_pair(self) -> None:
-        """Both workers of the next process pair; the side started first alternates."""
-        extra = {"DECODEPERF_AB_CPUS": ",".join(map(str, self.cpus))} if self.cpus else {}
-        script = Path(__file__).with_name("worker.py")
-        order = ("A", "B") if self.pair % 2 == 0 else ("B", "A")
-        self.pair += 1
-        for side in order:
-            env = child_env(("DECODEPERF_AB",), extra)  # a worker must not start an A/B of its own
-            if side == "A":
-                env["DECODEPERF_AB_FOREIGN"] = str(self.sides.top)
-            tree = self.trees[side]
-            args = [str(tree), "--", "--rootdir", str(tree), *self.pytest_args]
-            log = self.log_dir / f"worker-{side}-{self.pair}.log"
-            self.workers[side] = WorkerProcess(f"side {side}", script, args, tree, log, env)
+    def _next_pair(self) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+        """The next process pair and both sides' collection (the last pair may still be exiting: untimed)."""
+        self.current = self.launcher.start(self.pair + 1)
+        return self.launcher.collected(self.current)
 
     def _end_pair(self) -> None:
-        close_all(self.workers.values())
-        self.workers = {}
-
-    def _collected(self) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
-        collected: dict[str, set[str]] = {}
-        problems: dict[str, list[str]] = {}
-        for side, worker in self.workers.items():
-            message = worker.recv()
-            if message[0] != "collected":
-                raise WorkerGone(f"side {side} sent {message[0]!r} before its collection: out of step")
-            if message[1] != 1:
-                raise DecodePerfError(f"side {side}'s worker speaks A/B protocol {message[1]!r}, this one 1")
-            collected[side], problems[side] = set(message[2]), list(message[3])
-        return collected, problems
+        self.launcher.end(self.current)
 
     def start(self, nodeids: list[str], labels: dict[str, str]) -> tuple[set[str], str | None]:
         """Start the first process pair and check both sides: (the nodeids not judged, why none at all, if so)."""
-        self._start_pair()
-        collected, problems = self._collected()
+        collected, problems = self._next_pair()
+        side_a = f"side A ({self.sides.against})" if self.sides.same_code else f"side A (REF {self.sides.against})"
         if problems["B"]:
             raise DecodePerfError(f"side B (the checkout): {problems['B'][0]}")
         borrowed = [p for p in problems["A"] if p.startswith(BORROWED)]
         if borrowed:  # a misconfiguration, not an old REF: refuse rather than pass having judged nothing
-            raise DecodePerfError(f"side A (REF {self.sides.ref}): {borrowed[0]}")
+            raise DecodePerfError(f"{side_a}: {borrowed[0]}")
         lost = [n for n in nodeids if n not in collected["B"]]
         if lost and not problems["A"]:
             raise DecodePerfError(
@@ -191,10 +114,13 @@ class ABRun:
                 + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
                 + ": it gets only the decodeperf options, -p, -o and --import-mode of this command line"
             )
+        assert self.current is not None
+        a, b = (versions_of(self.current.environments.get(side, {})) for side in ("A", "B"))
+        self.versions, self.differs = record_versions(a, b), describe(a, b)
         both = [] if problems["A"] else [n for n in nodeids if n in collected["A"]]
-        self.items = {n: ItemVerdict(n, labels.get(n, n)) for n in both}
+        self.items = {n: ItemVerdict(n, labels.get(n, n), differs=self.differs) for n in both}
         self._order(both)
-        why = f"side A (REF {self.sides.ref}): {problems['A'][0]}" if problems["A"] else None
+        why = f"{side_a}: {problems['A'][0]}" if problems["A"] else None
         return set(nodeids) - set(both), why
 
     def _order(self, nodeids: list[str]) -> None:
@@ -218,8 +144,7 @@ class ABRun:
                 )
                 if not left or self.pair >= self.processes:
                     return
-                self._start_pair()
-                collected, problems = self._collected()
+                collected, problems = self._next_pair()
                 missing = [i.nodeid for i in left if i.nodeid not in collected["A"] or i.nodeid not in collected["B"]]
                 if problems["A"] or problems["B"] or missing:
                     why = [*problems["A"], *problems["B"], *(f"{n} not collected" for n in missing)]
@@ -248,15 +173,24 @@ class ABRun:
             return
         if item.syncs == (None, None):
             item.syncs = (ready["A"][2]["syncs_per_step"], ready["B"][2]["syncs_per_step"])
-        first, second = ("A", "B") if self.pair % 2 == 1 else ("B", "A")
+        self.launcher.reap()  # the last pair's processes are gone before anything is timed
+        rows = self._rounds(item)
+        if item.error is None:
+            self._add(item, rows)
+
+    def _rounds(self, item: ItemVerdict) -> dict[str, list[dict[str, float]]]:
+        """Alternating round pairs until this pair's ratio of the primary metric is pinned, or the budget."""
+        assert self.current is not None
         rows: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         serving = {"A", "B"}
         began = time.monotonic()
         try:
             for i in range(self.rounds_per_pair):
-                if i >= MIN_ROUNDS and time.monotonic() - began > ROUND_BUDGET_S:
+                if i >= SLOW_ROUNDS and time.monotonic() - began > ROUND_BUDGET_S:
                     break
-                for side in (first, second):
+                if i >= MIN_ROUNDS and self._pinned(rows):
+                    break
+                for side in self.current.first:
                     rows[side].append(self._round(side, item.nodeid))
         except RoundError as exc:
             serving.discard(exc.side)  # that side left this item; the other still waits for "done"
@@ -264,8 +198,15 @@ class ABRun:
         finally:
             for side in serving:
                 self.workers[side].send("done")
-        if item.error is None:
-            self._add(item, rows)
+        self.round_pairs.append(min(len(rows["A"]), len(rows["B"])))
+        return rows
+
+    def _pinned(self, rows: dict[str, list[dict[str, float]]]) -> bool:
+        a = [r.get(PRIMARY, math.nan) for r in rows["A"]]
+        b = [r.get(PRIMARY, math.nan) for r in rows["B"]]
+        if not all(math.isfinite(v) and v > 0 for v in (*a, *b)):
+            return False  # a metric that cannot be judged is no reason to stop early
+        return pinned(a, b, self.threshold)
 
     def _round(self, side: str, nodeid: str) -> dict[str, float]:
         worker = self.workers[side]
@@ -296,14 +237,30 @@ class ABRun:
         return self.items.get(nodeid)
 
     def records(self) -> list[ABRecord]:
-        return [item.record(self.sides, self.threshold) for item in self.items.values()]
+        return [item.record(self.sides, self.threshold, self.versions) for item in self.items.values()]
+
+    def _rounds_said(self) -> str:
+        done = [n for n in self.round_pairs if n > 0]
+        lo, hi = (min(done), max(done)) if done else (self.rounds_per_pair, self.rounds_per_pair)
+        if lo == hi == self.rounds_per_pair:
+            return f"{lo} alternating round pairs each"
+        span = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        at_most = f"of at most {self.rounds_per_pair}"
+        return f"{span} {at_most} alternating round pairs each (fewer once a pair's ratio is pinned)"
+
+    def _environment_line(self) -> list[str]:
+        if self.differs:
+            return [f"environments differ, A -> B: {self.differs}"]
+        if self.sides.python is not None:
+            return ["environments: both sides have the same package versions (only the interpreter's path differs)"]
+        return []
 
     def summary(self) -> list[str]:
         gate = f"{self.threshold * 100:g}%"
-        pinned = f"; both sides pinned to CPU {','.join(map(str, self.cpus))}" if self.cpus else ""
+        pinned_to = f"; both sides pinned to CPU {','.join(map(str, self.cpus))}" if self.cpus else ""
         head = (
             f"decode perf A/B: {self.sides.label}; gate {gate}, {self.pair} of at most {self.processes} process "
-            f"pairs, {self.rounds_per_pair} alternating round pairs each{pinned}"
+            f"pairs, {self._rounds_said()}{pinned_to}"
         )
         counts: dict[str, int] = {}
         for item in self.items.values():
@@ -314,6 +271,7 @@ class ABRun:
         tally = ", ".join(f"{counts[d]} {d}" for d in order if d in counts) or "no verdict"
         return [
             head,
+            *self._environment_line(),
             *(item.line() for item in self.items.values()),
             f"verdicts: {tally} (UNKNOWN never fails)",
         ]
@@ -321,5 +279,6 @@ class ABRun:
     def close(self) -> None:
         """End the workers; their logs go too unless something broke (the verdict lines name them)."""
         self._end_pair()
+        self.launcher.reap()
         if self.broken is None and not any(item.error for item in self.items.values()):
             shutil.rmtree(self.log_dir, ignore_errors=True)

@@ -67,7 +67,7 @@ class ABPlugin:
         verdict = self.ab.verdict(item.nodeid) if item_param(item) is not None else None
         result = yield
         if verdict is not None and verdict.failed:
-            pytest.fail(f"A/B against {self.ab.sides.ref}: {verdict.line()}", pytrace=False)
+            pytest.fail(f"A/B against {self.ab.sides.against}: {verdict.line()}", pytrace=False)
         return result
 
     @pytest.hookimpl(tryfirst=True)

@@ -1,4 +1,5 @@
-"""``--decodeperf-ab`` inside the controller's pytest session: the checks, the worktree, the workers.
+"""``--decodeperf-ab`` (and ``-ab-python``) inside the controller's pytest session: the checks, the worktree,
+the workers.
 
 The plugin (``plugin.py``) calls these from its hooks; everything A/B-specific stands here so the
 plugin stays a thin layer and loads nothing heavy when the option is not given.
@@ -16,16 +17,18 @@ import pytest
 from ..errors import DecodePerfError
 from ..options import Settings
 from ..records import ABRecord
-from ..workers import pytest_args
+from ..workers import child_env, pytest_args
 from .checkout import Sides, check_files_at_ref, check_options_at_ref, resolve_sides, worktree
 from .controller import ABRun, ItemVerdict
+from .environment import check_interpreter
 
 
 class ABSession:
     def __init__(self, settings: Settings, rootdir: Path, device: str):
         self.settings = settings
         self.device = device
-        self.sides: Sides = resolve_sides(rootdir, settings.ab or "")  # raises DecodePerfError: one line
+        # raises DecodePerfError: one line
+        self.sides: Sides = resolve_sides(rootdir, settings.ab, settings.ab_python)
         self.threshold = settings.fail_on_regression / 100.0
         if not self.threshold > 0.0:
             raise DecodePerfError(
@@ -39,8 +42,9 @@ class ABSession:
     def _worker_args(self, config: pytest.Config, files: list[str]) -> list[str]:
         """Both sides collect the same files (not node ids: one REF lacks would stop pytest there)."""
         args = ["--continue-on-collection-errors"]
-        args += ["-o", "decodeperf_ab="]  # a worker never starts an A/B of its own (the ini may ask for one)
-        args += ["-p", "no:decodeperf-markdown"]  # nor writes a report (it inherits GITHUB_STEP_SUMMARY)
+        # a worker never starts an A/B of its own (the ini may ask for one), nor writes a report (it inherits
+        # GITHUB_STEP_SUMMARY)
+        args += ["-o", "decodeperf_ab=", "-o", "decodeperf_ab_python=", "-p", "no:decodeperf-markdown"]
         return [*pytest_args(config, self.settings, self.device), *args, *files]
 
     def start(self, config: pytest.Config, items: list[pytest.Item], marked: list[str]) -> None:
@@ -49,13 +53,16 @@ class ABSession:
             return
         files = [Path(str(item.path)) for item in items if item.nodeid in marked]
         try:
-            tree = self._stack.enter_context(worktree(self.sides))
+            tree = self.sides.top if self.sides.same_code else self._stack.enter_context(worktree(self.sides))
             check_files_at_ref(self.sides, tree, files)
             rel_files = sorted({str(f.resolve().relative_to(self.sides.rootdir)) for f in files})
             args = self._worker_args(config, rel_files)
             check_options_at_ref(self.sides, tree, args)
-            s = self.settings
-            self.run = ABRun(self.sides, tree, self.threshold, s.ab_max_pairs, s.ab_processes, args, self._cpus())
+            if self.sides.python is not None:
+                tree_a = tree / self.sides.rootdir.relative_to(self.sides.top)
+                check_interpreter(self.sides.python, tree_a, child_env(("DECODEPERF_AB",)))
+            s, cpus = self.settings, self._cpus()
+            self.run = ABRun(self.sides, tree, self.threshold, s.ab_max_pairs, s.ab_processes, args, cpus)
             self._stack.callback(self.run.close)
             labels = {item.nodeid: item.name for item in items}
             self.not_at_ref, why = self.run.start(marked, labels)

@@ -10,10 +10,14 @@ The item's own measurement is then skipped: the controller judges, the worker on
 
 Before its first warmup the worker pins itself to the CPUs the controller names
 (``DECODEPERF_AB_CPUS``): both sides on the same cores, so a slow or busy core slows A and B alike.
+A worker told ``DECODEPERF_AB_SYNCS=0`` does not count the syncs again (the first process pair
+counted them: the count is exact).
 This file imports nothing of the package at start (only pytest and the standard library): on side A
 the package is REF's, which may be older than this script.
 
 Messages are pickled tuples on two pipes the controller opened (``multiprocessing.connection``).
+The first says what this side runs with (``environment``: the interpreter, Python's version and every
+installed distribution's), so the verdict can name what differs when the sides run in two environments.
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ PROTOCOL = 1
 
 
 class WorkerPlugin:
-    def __init__(self, inbox: Connection, outbox: Connection, foreign: str | None = None, cpus: set[int] | None = None):
+    def __init__(
+        self,
+        inbox: Connection,
+        outbox: Connection,
+        foreign: str | None = None,
+        cpus: set[int] | None = None,
+        count_syncs: bool = True,
+    ):
+        self.count_syncs = count_syncs
         self.inbox = inbox
         self.outbox = outbox
         self.foreign = foreign  # side A: the checkout, whose code this side must not import
@@ -106,7 +118,7 @@ class WorkerPlugin:
                 _pin(self.cpus)
                 self.cpus = None
             rounds.warm()
-            syncs = rounds.syncs_per_step()
+            syncs = rounds.syncs_per_step() if self.count_syncs else None
         except Exception as exc:  # one line back to the controller, the whole trace in this side's log
             traceback.print_exc()
             self.outbox.send(("error", item.nodeid, f"{type(exc).__name__}: {exc}".splitlines()[0]))
@@ -174,6 +186,11 @@ def _package(config: pytest.Config) -> Any:
     return _ProtocolV1(plugin)
 
 
+def _cpus(name: str) -> set[int] | None:
+    text = os.environ.pop(name, "")
+    return {int(c) for c in text.split(",") if c.strip()} or None
+
+
 def _pin(cpus: set[int]) -> None:
     """Every thread of this process onto ``cpus`` (Linux pins per thread: torch's pool already exists)."""
     if not hasattr(os, "sched_setaffinity"):
@@ -184,6 +201,20 @@ def _pin(cpus: set[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
         except OSError:
             pass  # a thread that ended meanwhile
+
+
+def _environment() -> dict[str, Any]:
+    """This interpreter and the version of every distribution it can import (what an A/B across environments
+    names when the sides differ); a distribution shadowed by an earlier one on ``sys.path`` is not counted."""
+    import importlib.metadata
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name and name not in versions:
+            versions[name] = dist.version
+    return {"executable": sys.executable, "versions": versions}
 
 
 def main(argv: list[str]) -> int:
@@ -197,9 +228,10 @@ def main(argv: list[str]) -> int:
     for fd in (read_fd, write_fd):
         os.set_inheritable(fd, False)  # a child process of a test must not hold the pipes open
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    cpus = os.environ.pop("DECODEPERF_AB_CPUS", "")
-    pinned = {int(c) for c in cpus.split(",") if c.strip()} or None
-    plugin = WorkerPlugin(inbox, outbox, os.environ.pop("DECODEPERF_AB_FOREIGN", None), pinned)
+    outbox.send(("environment", _environment()))
+    count_syncs = os.environ.pop("DECODEPERF_AB_SYNCS", "1") != "0"
+    foreign = os.environ.pop("DECODEPERF_AB_FOREIGN", None)
+    plugin = WorkerPlugin(inbox, outbox, foreign, _cpus("DECODEPERF_AB_CPUS"), count_syncs)
     code = int(pytest.main(pytest_args, plugins=[plugin]))
     try:
         outbox.send(("exit", code))
