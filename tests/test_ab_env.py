@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch  # noqa: F401  # before any in-process run: pytester's module snapshot then keeps numpy (it cannot load twice)
-from test_ab import TEST
+from test_ab import CONFTEST, TEST
 
 SLOWPATCH = '''"""An "upgrade" that slows every forward of a *LMHeadModel by 8 ms, hooked in as torch.nn is imported."""
 import importlib.abc
@@ -87,6 +87,7 @@ def test_an_upgrade_that_slows_the_model_is_worse_and_named(
 ) -> None:
     """B = this checkout in the upgraded venv, A = the same files with this interpreter (no git needed)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    pytester.makeconftest(CONFTEST.format(slowdown=0.0))  # its decoder, test_ab's
     pytester.makepyfile(test_decode=TEST)
     ours = Path(sys.executable)
     result = pytester.run(
@@ -112,6 +113,7 @@ def test_an_upgrade_that_slows_the_model_is_worse_and_named(
 
 def test_an_interpreter_without_the_packages_is_one_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
     bare, _ = make_venv(tmp_path / "bare")
+    pytester.makeconftest(CONFTEST.format(slowdown=0.0))  # its decoder, test_ab's
     pytester.makepyfile(test_decode=TEST)
     result = pytester.runpytest_inprocess(*ARGS, f"--decodeperf-ab-python={bare}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -125,6 +127,7 @@ def test_an_interpreter_without_the_packages_is_one_line(pytester: pytest.Pytest
 
 
 def test_a_missing_interpreter_is_one_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makeconftest(CONFTEST.format(slowdown=0.0))  # its decoder, test_ab's
     pytester.makepyfile(test_decode=TEST)
     result = pytester.runpytest_inprocess(*ARGS, f"--decodeperf-ab-python={tmp_path}/nope/python")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
