@@ -25,7 +25,7 @@ from ..errors import DecodePerfError
 from ..workers import WorkerGone, WorkerProcess, child_env
 from .checkout import Sides
 
-PROTOCOL = 1
+MESSAGES = 1  # the pipe conversation's version (pairs.py checks it); what the package offers is protocol.py's
 
 
 @dataclass
@@ -90,8 +90,8 @@ class PairLauncher:
                 message = worker.recv()
             if message[0] != "collected":
                 raise WorkerGone(f"side {side} sent {message[0]!r} before its collection: out of step")
-            if message[1] != PROTOCOL:
-                raise DecodePerfError(f"side {side}'s worker speaks A/B protocol {message[1]!r}, this one {PROTOCOL}")
+            if message[1] != MESSAGES:
+                raise DecodePerfError(f"side {side}'s worker speaks A/B messages {message[1]!r}, this one {MESSAGES}")
             collected[side], problems[side] = set(message[2]), list(message[3])
         return collected, problems
 

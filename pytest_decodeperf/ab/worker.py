@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-PROTOCOL = 1
+MESSAGES = 1  # the pipe conversation's version (pairs.py checks it); what the package offers is protocol.py's
 
 
 class WorkerPlugin:
@@ -83,7 +83,7 @@ class WorkerPlugin:
         self.package = _package(config)
         problems = self._problems(self.package)
         marked = {} if problems else {item.nodeid: item for item in items if self.package.item_param(item) is not None}
-        self.outbox.send(("collected", PROTOCOL, sorted(marked), problems))
+        self.outbox.send(("collected", MESSAGES, sorted(marked), problems))
         kind, order = self.inbox.recv()
         assert kind == "order"
         self.order = [nodeid for nodeid in order if nodeid in marked]

@@ -333,12 +333,7 @@ class _StepScope:
     def __enter__(self) -> _StepScope:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.counter._step = self.previous
 
 

@@ -59,41 +59,33 @@ def _gpt2() -> PreTrainedModel:
     return GPT2LMHeadModel(config)
 
 
-def _tiny_llama_gqa() -> PreTrainedModel:
-    # Grouped-query attention: 8 query heads share 2 key/value heads, so the KV cache is
-    # 4x smaller than multi-head attention of the same width.
+def _llama(vocab: int, width: int, mlp: int, layers: int, heads: int, kv_heads: int, positions: int) -> PreTrainedModel:
+    """A Llama with grouped-query attention (``kv_heads`` < ``heads``), the zoo's ids and init."""
     config = LlamaConfig(
-        vocab_size=2048,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=positions,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
         initializer_range=INIT_RANGE,
     )
     return LlamaForCausalLM(config)
+
+
+def _tiny_llama_gqa() -> PreTrainedModel:
+    # Grouped-query attention: 8 query heads share 2 key/value heads, so the KV cache is
+    # 4x smaller than multi-head attention of the same width.
+    return _llama(vocab=2048, width=128, mlp=256, layers=4, heads=8, kv_heads=2, positions=1024)
 
 
 def _llama_gqa_1b() -> PreTrainedModel:
     # A Llama-3.2-1B-shaped model with GQA (32 query / 8 KV heads): for GPUs.
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=4096,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        initializer_range=INIT_RANGE,
-    )
-    return LlamaForCausalLM(config)
+    return _llama(vocab=32000, width=2048, mlp=8192, layers=16, heads=32, kv_heads=8, positions=4096)
 
 
 MODELS: dict[str, ModelSpec] = {
