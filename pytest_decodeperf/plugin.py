@@ -165,6 +165,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     return result
 
 
+@pytest.hookimpl(tryfirst=True)  # the table before pytest-benchmark's (the A/B's plugin, registered later, first)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session(config).display(terminalreporter)
 

@@ -148,6 +148,24 @@ class ResultRecord(TypedDict):
     acceptance_rate: float | None  # accepted / proposed
     mean_accepted_length: float | None  # tokens a verify step yields on average: 1 + accepted / verify steps
     draft_bytes_per_step: float | None  # what one draft step reads (the draft's weights and K/V)
+    # Continuous batching (hf-serve; None for the other modes; older records: absent): per request, from transformers'
+    # own per-token timestamps (engine/decode/serve.py); each row of the batch is a request.
+    requests: int | None  # requests served
+    concurrency: int | None  # requests running at once
+    throughput_tokens_per_s: float | None  # every request's tokens over the run (first queued to last finished)
+    request_ttft_p50_ms: float | None  # time to a request's first token, its queueing included
+    request_ttft_p90_ms: float | None
+    request_ttft_p99_ms: float | None
+    tpot_p50_ms: float | None  # time per output token of a request, after its first
+    tpot_p90_ms: float | None
+    tpot_p99_ms: float | None
+    request_itl_p99_ms: float | None  # the gaps between a request's tokens, all requests pooled
+    occupancy_mean: float | None  # requests a step carried
+    occupancy_max: int | None
+    kv_blocks: int | None  # blocks the paged cache was given (sized for the requests), not a count of use
+    kv_block_tokens: int | None  # tokens a block holds
+    samples_tpot_ms: list[float]  # per timed round, the median request's TPOT (asv's samples; else empty)
+    samples_request_ttft_ms: list[float]  # per timed round, the median request's TTFT
     # What the numbers depend on beyond the code (fingerprint.py): torch, transformers, CUDA, driver, GPU and its
     # configured clocks, CPU and governor, threads, Python, as strings; a comparison says when two differ (older
     # records: absent)

@@ -84,7 +84,7 @@ def test_a_stream_mode_on_an_unsupported_device_is_refused() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: get_cache("paged"), "unknown cache type 'paged'; choose from: dynamic, none, static"),
+        (lambda: get_cache("quantized"), "unknown cache type 'quantized'; choose from: dynamic, none, paged, static"),
         (lambda: get_stop_policy("turbo"), "unknown stream mode 'turbo'"),
         (lambda: get_stop_policy("hf-generate"), "run by transformers' generate"),
     ],

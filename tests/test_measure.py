@@ -101,14 +101,14 @@ def test_the_engine_cli_prints_the_variant_table() -> None:
 
 def test_the_engine_cli_reports_bad_input_in_one_line() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "pytest_decodeperf", "run", "--caches", "paged"],
+        [sys.executable, "-m", "pytest_decodeperf", "run", "--caches", "quantized"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert out.returncode == 2
-    assert out.stderr.strip() == "decodeperf: unknown cache type 'paged'; choose from: dynamic, none, static"
+    assert out.stderr.strip() == "decodeperf: unknown cache type 'quantized'; choose from: dynamic, none, paged, static"
 
 
 def test_a_compiled_variant_keeps_its_compile_round_apart_and_counts_graphs(tiny_model: PreTrainedModel) -> None:

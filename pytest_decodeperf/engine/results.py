@@ -9,8 +9,7 @@ import torch
 
 from ..records import ResultRecord
 from .decode.loop import DecodeOutput
-from .decode.request import SPECULATION_FIELDS
-from .decode.serve import SERVING_FIELDS
+from .decode.request import SERVING_FIELDS, SPECULATION_FIELDS
 from .measure.counting import SyncReport
 from .measure.profiling import ProfileStats
 from .measure.rounds import Measurement

@@ -18,9 +18,6 @@ thread sees nothing, so a serving variant's syncs are reported as not counted, n
 from __future__ import annotations
 
 import itertools
-import math
-import statistics
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -28,62 +25,9 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from ...errors import DecodePerfError
 from .observe import ForwardSteps
-from .request import DecodeOutput, Request
+from .request import DecodeOutput, Request, Serving
 
-PAGE = 16  # tokens a block of the paged cache holds
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass(frozen=True)
-class Serving:
-    """One run of a request queue: per request its TTFT and TPOT (ms), every inter-token gap, the occupancy of every
-    step, the tokens made and the wall time from the first request queued to the last finished. ``kv_blocks``: the
-    blocks the paged cache was given (sized here for the requests, ``page_size`` tokens each), not a count of use."""
-
-    requests: int
-    concurrency: int
-    ttft_ms: tuple[float, ...]
-    tpot_ms: tuple[float, ...]  # requests of a single token have none
-    itl_ms: tuple[float, ...]
-    occupancy: tuple[int, ...]
-    tokens: int
-    wall_s: float
-    kv_blocks: int
-    page_size: int = PAGE
-
-    @property
-    def throughput(self) -> float:
-        """Tokens generated per second of the run, every request's."""
-        return self.tokens / self.wall_s if self.wall_s > 0 else float("nan")
-
-    def fields(self) -> dict[str, Any]:
-        """The record's serving fields (``records.ResultRecord``)."""
-        ttft, tpot = list(self.ttft_ms), list(self.tpot_ms)
-        return {
-            "requests": self.requests,
-            "concurrency": self.concurrency,
-            "throughput_tokens_per_s": self.throughput,
-            **{f"request_ttft_p{q}_ms": _percentile(ttft, q) for q in (50, 90, 99)},
-            **{f"tpot_p{q}_ms": _percentile(tpot, q) for q in (50, 90, 99)},
-            "request_itl_p99_ms": _percentile(list(self.itl_ms), 99),
-            "occupancy_mean": statistics.fmean(self.occupancy) if self.occupancy else None,
-            "occupancy_max": max(self.occupancy, default=None),
-            "kv_blocks": self.kv_blocks,
-            "kv_block_tokens": self.page_size,
-        }
-
-
-SERVING_FIELDS = tuple(
-    Serving(0, 0, (), (), (), (), 0, 0.0, 0).fields()
-)  # the record's keys, for a variant that does not serve
+PAGE = 16  # tokens a block of the paged cache holds (Serving.page_size's default)
 
 
 class ServeSession:
