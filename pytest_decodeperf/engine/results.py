@@ -15,6 +15,7 @@ from .measure.rounds import Measurement
 from .parallel.tensor_parallel import TPInfo
 from .parity.compare import ParityReport
 from .roofline.variant import ROOFLINE_FIELDS, Roofline
+from .spec.attention import COMPILED_KERNELS, UNCOUNTED
 from .spec.models import model_label
 from .spec.variants import Variant
 from .spec.workload import Workload
@@ -49,7 +50,9 @@ class VariantResult:
         """The JSON record: the variant's fields, then each part's own (``fields()``)."""
         m, v, out = self.measurement, self.variant, self.output
         notes = [n for n in (out.note, self.roofline.note if self.roofline else "") if n]
-        if self.syncs is None and not v.is_hf:
+        if self.syncs is None and v.attn in COMPILED_KERNELS:
+            notes.append(UNCOUNTED)
+        elif self.syncs is None and not v.is_hf:
             notes.append("syncs not counted under torch.compile")
         fields: dict[str, Any] = {
             "test": test or f"engine[{v.id}]",
@@ -65,6 +68,7 @@ class VariantResult:
             "prompt_lengths": list(self.workload.prompt_lengths),
             "compile": v.compile,
             "dtype": v.dtype,
+            "attn": v.attn,
             "device": self.device.type,
             "parity": self.parity_verdict,
             "steps": out.steps,

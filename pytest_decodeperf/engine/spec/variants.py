@@ -13,6 +13,7 @@ from ...errors import DecodePerfError, check_choice, check_positive
 from ..decode.caches import CACHES
 from ..decode.custom import DECODERS
 from ..decode.stream_modes import HF_MODES, STOP_POLICIES, check_stream_mode
+from .attention import check_attn, device_refusal
 from .models import DTYPES, model_label
 from .workload import DEFAULT_PROMPT_LEN, PROMPTS, STOPS
 
@@ -39,6 +40,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "prompt_len": lambda v: check_positive("prompt_len", v),
     "prompts": lambda v: check_choice("prompts", v, PROMPTS),
     "tp": lambda v: check_positive("tp", v),
+    "attn": check_attn,
 }
 
 
@@ -55,10 +57,12 @@ class Variant:
     prompt_len: int = DEFAULT_PROMPT_LEN  # the longest row's prompt tokens
     prompts: str = "random"  # random, mixed (left padded, lengths spread) or text (the corpus, tokenized)
     tp: int = 1  # tensor-parallel ranks the model is sharded over (engine/parallel/tensor_parallel.py)
+    attn: str | None = None  # the attention kernel (transformers' attn_implementation); None: the model's default
 
     @property
     def id(self) -> str:
-        """Readable id, e.g. ``tiny-gpt2-static-pipelined-b8``; ``-p512`` / ``-p64mixed`` off the default prompt."""
+        """Readable id, e.g. ``tiny-gpt2-static-pipelined-b8``; ``-p512`` / ``-p64mixed`` off the default prompt,
+        ``-eager`` for a kernel named (the model's default kernel adds nothing: ids stay as they were)."""
         parts = [model_label(self.model), self.cache, self.stream, f"b{self.batch_size}"]
         if self.prompt_len != DEFAULT_PROMPT_LEN or self.prompts != "random":
             parts.append(f"p{self.prompt_len}" + ("" if self.prompts == "random" else self.prompts))
@@ -68,6 +72,8 @@ class Variant:
             parts.append(self.dtype)
         if self.tp > 1:
             parts.append(f"tp{self.tp}")
+        if self.attn is not None:
+            parts.append(self.attn)
         return "-".join(parts)
 
     @property
@@ -84,6 +90,7 @@ class Variant:
             self.prompt_len,
             self.prompts,
             self.tp,  # a sum over ranks rounds differently: tp=2's tokens are held to tp=2's baseline
+            self.attn,  # another kernel sums in another order: its tokens are held to its own baseline
         )
 
     def baseline(self) -> Variant:
@@ -111,6 +118,8 @@ class Variant:
                     f"stream mode {self.stream!r} is a decoder of yours: compile inside it (compile= applies to the "
                     "plugin's loop; the forward hooks that time your steps cannot see into a compiled model)"
                 )
+            if (why := device_refusal(self.attn, dev.type)) is not None:
+                raise DecodePerfError(f"{self.id}: {why}")
             if self.stream == "hf-deferred" and dev.type != "cuda":
                 raise DecodePerfError(
                     "stream mode 'hf-deferred' needs CUDA: transformers' DeferredStopCheck records "
@@ -130,12 +139,14 @@ def matrix(
     dtypes: Sequence[str] = ("float32",),
     prompts: Sequence[tuple[int, str]] = ((DEFAULT_PROMPT_LEN, "random"),),
     tps: Sequence[int] = (1,),
+    attns: Sequence[str | None] = (None,),
 ) -> list[Variant]:
-    """Every combination, each axis's values checked (``FIELD_CHECKS``), in one order: model, dtype, tp, cache,
+    """Every combination, each axis's values checked (``FIELD_CHECKS``), in one order: model, dtype, attn, tp, cache,
     compile, batch, prompt, length, stop, then stream mode (the modes of one configuration stand together, as
     given). ``prompts``: (prompt_len, kind) points (``marker.prompt_axis``)."""
     axes: list[tuple[str, Sequence[Any]]] = [
         ("dtype", dtypes),
+        ("attn", attns),
         ("tp", tps),
         ("cache", caches),
         ("compile", compiles),
@@ -151,8 +162,9 @@ def matrix(
         for value in values:
             FIELD_CHECKS[name](value)
     return [
-        Variant(m, c, s, b, n, st, co, dt, p, k, t)
-        for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
-            models, dtypes, tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams
+        Variant(m, c, s, b, n, st, co, dt, p, k, t, a)
+        for m, dt, a in itertools.product(models, dtypes, attns)
+        for t, c, co, b, (p, k), n, st, s in itertools.product(
+            tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams
         )
     ]
