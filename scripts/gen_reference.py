@@ -82,6 +82,7 @@ def _py(value: object) -> str:
 def marker_page() -> str:
     from pytest_decodeperf.engine.decode.caches import CACHES
     from pytest_decodeperf.engine.decode.stream_modes import HF_MODES, STOP_POLICIES
+    from pytest_decodeperf.engine.spec.attention import ATTN_KERNELS
     from pytest_decodeperf.engine.spec.models import DTYPES, MODELS
     from pytest_decodeperf.engine.spec.variants import COMPILE_MODES
     from pytest_decodeperf.engine.spec.workload import PROMPTS, STOPS
@@ -102,6 +103,7 @@ def marker_page() -> str:
         "prompts": ", ".join(f"`{p}`" for p in PROMPTS) + " (one value)",
         "dtype": ", ".join(f"`{d}`" for d in DTYPES),
         "tp": "integers >= 1: at most the devices, dividing the model's heads",
+        "attn": "`None`, " + ", ".join(f"`{a}`" for a in ATTN_KERNELS),
     }
     missing = sorted(set(SIGNATURE.parameters) - set(values))
     if missing:
@@ -131,7 +133,8 @@ def marker_page() -> str:
             "Each keyword takes one value or a sequence (but `parity`, `prompts` and `max_syncs_per_step`: one",
             "value); the test is parametrized over the product of all of them. An unknown keyword or value fails",
             "collection with one line naming it. Ids read `model-cache-stream-bN`, then `-pN` / `-pNmixed` when",
-            "the prompt varies, `-nN` / `-stop-X` when the length or the stop varies, `-compiled`.",
+            "the prompt varies, `-nN` / `-stop-X` when the length or the stop varies, `-compiled`, and the",
+            "attention kernel when one is named (`-eager`, `-sdpa`, `-flex_attention`).",
             "",
             *_table(["keyword", "default", "values", "meaning"], rows),
             "",

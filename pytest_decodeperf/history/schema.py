@@ -34,10 +34,12 @@ OPTIONAL_PARAMS = (
     "prompt_len",
     "prompts",
     "tp",
+    "attn",
 )  # params only where they take several values
 PARAM_ORDER = BASE_PARAMS + OPTIONAL_PARAMS
-# Params added later, and the value every earlier measurement had (4 random prompt tokens, one process).
-LEGACY_CONSTANTS = {"prompt_len": repr(4), "prompts": repr("random"), "tp": repr(1)}
+# Params added later, and the value every earlier measurement had (4 random prompt tokens, one process, the model's
+# default attention kernel).
+LEGACY_CONSTANTS = {"prompt_len": repr(4), "prompts": repr("random"), "tp": repr(1), "attn": repr(None)}
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ def _param_values(rec: ResultRecord) -> dict[str, str]:
         rec.get("prompt_len", 4),  # records from before the prompt axis: LEGACY_CONSTANTS
         rec.get("prompts", "random"),
         rec.get("tp", 1),  # records from before tensor parallel: one process
+        rec.get("attn"),  # records from before the attention axis: the model's default kernel
     )
     return {name: repr(value) for name, value in zip(PARAM_ORDER, values, strict=True)}
 
