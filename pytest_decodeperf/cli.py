@@ -49,7 +49,9 @@ def _run(args: argparse.Namespace) -> int:
         lens = tuple(check_prompt_len(n) for n in _csv(args.prompt_lens)) or default_prompt_lens(device)
         points = prompt_axis(lens, check_choice("prompts", args.prompts, PROMPTS), default_prompt_lens(device))
         axes = (_csv(args.caches), _csv(args.streams), batches, [args.new_tokens], [args.stop])
-        variants = [v.validate(device) for v in matrix(models, *axes, dtypes=[args.dtype], prompts=points)]
+        attns: list[str | None] = [*_csv(args.attn)] or [None]
+        variants = matrix(models, *axes, dtypes=[args.dtype], prompts=points, attns=attns)
+        variants = [v.validate(device) for v in variants]
         if args.rounds < 1 or args.warmup < 0 or not 0 <= args.max_time <= 3600:
             raise DecodePerfError(
                 f"--rounds must be >= 1, --warmup >= 0 and --max-time 0 to 3600 s; got {args.rounds}, "
@@ -237,6 +239,11 @@ def parser() -> argparse.ArgumentParser:
         "--prompts", default="random", help="random, mixed or text (the corpus, through a checkpoint's tokenizer)"
     )
     run.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    run.add_argument(
+        "--attn",
+        default="",
+        help="comma list of attention kernels: sdpa, eager, flex_attention (default: the model's own)",
+    )
     run.add_argument("--rounds", type=int, default=5, help="timed rounds per variant, at least")
     run.add_argument(
         "--max-time",

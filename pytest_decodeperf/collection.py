@@ -62,7 +62,9 @@ def parametrize(metafunc: pytest.Metafunc, dp: DecodePerfSession, custom_model: 
             settings.prompt_lens,
             settings.dtype,
             settings.tp,
+            settings.attn,
         )
+        check_kernels(variants, settings, custom_model)
         if settings.enabled:
             from .tp.hooks import select
 
@@ -84,6 +86,21 @@ def parametrize(metafunc: pytest.Metafunc, dp: DecodePerfSession, custom_model: 
         for v in variants
     ]
     metafunc.parametrize(PARAM, params)
+
+
+def check_kernels(variants: list[Variant], settings: Settings, custom_model: bool) -> None:
+    """An attention kernel the device or a model cannot run, refused at collection (one line); a ``decode_model`` of
+    yours is checked when it is built (``engine/spec/checks.py``)."""
+    from .engine.device.machine import resolve_device
+    from .engine.spec.attention import attn_refusal
+
+    try:
+        device = resolve_device(settings.device)
+    except DecodePerfError:
+        return  # the device itself is reported where the run starts
+    for model, attn in dict.fromkeys((v.model, v.attn) for v in variants):
+        if (refusal := attn_refusal(None if custom_model else model, attn, device)) is not None:
+            raise DecodePerfError(refusal)
 
 
 def narrowed_out(variant: Variant, settings: Settings) -> bool:

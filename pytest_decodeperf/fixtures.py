@@ -54,8 +54,10 @@ def stream_mode(decode_variant: Variant) -> str:
 
 @pytest.fixture
 def decode_model(request: pytest.FixtureRequest, decode_variant: Variant) -> PreTrainedModel:
-    """The model for this item's ``models`` value; override it in conftest.py to measure your own."""
-    return session(request.config).runner.model(decode_variant.model, decode_variant.dtype, decode_variant.tp)
+    """The model for this item's ``models`` value; override it in conftest.py to measure your own (build it in
+    ``decode_variant.dtype`` with ``decode_variant.attn`` as its ``attn_implementation``: a mismatch is refused)."""
+    v = decode_variant
+    return session(request.config).runner.model(v.model, v.dtype, v.tp, v.attn)
 
 
 @pytest.fixture

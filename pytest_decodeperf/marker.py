@@ -26,6 +26,7 @@ def decode_perf(
     prompts: str = "random",
     dtype: str | Sequence[str] = "float32",
     tp: int | Sequence[int] = 1,
+    attn: str | Sequence[str | None] | None = None,
     draft: str | None = None,
     lookup_tokens: int = 4,
     concurrency: int | Sequence[int | None] | None = None,
@@ -55,6 +56,8 @@ KEYWORDS: dict[str, str] = {
     "dtype": "the weights' dtype",
     "tp": "tensor-parallel ranks the model is sharded over (tp=2: ids gain -tp2; the plugin starts the ranks, or "
     "runs under torchrun or srun)",
+    "attn": "the attention kernel, transformers' attn_implementation: sdpa, eager or flex_attention (ids gain -eager; "
+    "None: the model's default, ids unchanged); one the model or the device cannot run is refused at collection",
     "draft": "hf-assisted's draft model: a zoo name, a checkpoint, the label your draft_model fixture serves, or "
     "'self' (the model as its own draft: every proposal kept) (ids gain -draft-<label>)",
     "lookup_tokens": "hf-prompt-lookup: the most tokens one n-gram lookup proposes (ids gain -lookupN off the default)",
@@ -117,13 +120,14 @@ def parse_marker(
     prompt_lens: Sequence[PromptLen] | None = None,
     dtype: str | None = None,
     tp: Sequence[int] | None = None,
+    attn: Sequence[str] | None = None,
 ) -> tuple[list[Variant], bool]:
     """Validate the marker's arguments; return its variants and whether parity is checked.
 
     ``custom_model``: the ``decode_model`` fixture is overridden, so model names are the user's labels.
     ``default_prompt_lens``: the device's, for a marker without ``prompt_lens``; ``prompt_lens``: the
     ``--decodeperf-prompt-lens`` option, which overrides the marker's; ``dtype``: ``--decodeperf-dtype``, likewise;
-    ``tp``: ``--decodeperf-tp``, likewise.
+    ``tp``: ``--decodeperf-tp``, likewise; ``attn``: ``--decodeperf-attn``, likewise.
     """
     # The engine's registries say which names are valid: imported only for a marked test.
     from .engine.spec.models import check_model_name
@@ -176,6 +180,7 @@ def parse_marker(
         _seq(dtype if dtype is not None else a["dtype"]),
         prompt_points,
         tuple(dict.fromkeys(_seq(tp if tp is not None else a["tp"]))),
+        attns=tuple(dict.fromkeys(_seq(attn if attn is not None else a["attn"]))),
         draft=a["draft"],
         lookup_tokens=a["lookup_tokens"],
         concurrency=_seq(a["concurrency"]),

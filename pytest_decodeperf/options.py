@@ -148,6 +148,12 @@ def _cache_names() -> list[str]:
     return list(CACHES)
 
 
+def _attn_names() -> tuple[str, ...]:
+    from .engine.spec.attention import ATTN_KERNELS
+
+    return ATTN_KERNELS
+
+
 def _stream_mode_names() -> list[str]:
     from .engine.decode.stream_modes import stream_mode_names
 
@@ -279,6 +285,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         _ints("tp"),
         None,
         metavar="N,N",
+    ),
+    OptionSpec(
+        "attn",
+        "comma list of attention kernels (transformers' attn_implementation: sdpa, eager, flex_attention), overriding "
+        "the marker's attn: sdpa,eager doubles every row",
+        _names("attention kernel", _attn_names),
+        None,
+        metavar="NAMES",
     ),
     OptionSpec(
         "tp-timeout",
@@ -477,6 +491,7 @@ class Settings:
     model_path: str | None
     dtype: str | None
     tp: tuple[int, ...] | None
+    attn: tuple[str, ...] | None
     tp_timeout: float
     rounds: int
     max_time: float

@@ -53,6 +53,9 @@ class ResultRecord(TypedDict):
     prompt_lengths: list[int]  # each row's real prompt length
     compile: bool | str  # False, True (default mode) or a torch.compile mode
     dtype: str
+    # the attention kernel asked for, transformers' attn_implementation: "sdpa", "eager" or "flex_attention" (None:
+    # the model's default, sdpa where its class supports it; older records: absent, meaning the same)
+    attn: str | None
     device: str
     parity: str  # "pass" | "fail" | "n/a"
     tokens_per_s: float  # median over rounds

@@ -60,13 +60,16 @@ def group_key(rec: ResultRecord) -> tuple[object, ...]:
         rec["device"],
         prompt_label(rec),
         rec.get("tp", 1),
+        rec.get("attn"),
     )
 
 
 def model_label(rec: ResultRecord) -> str:
-    """How the record's ids show its model (a checkpoint by its directory's name), with a dtype off float32."""
+    """How the record's ids show its model (a checkpoint by its directory's name), with a dtype off float32 and the
+    attention kernel when one was named (``attn=eager``)."""
     label = rec.get("model_label") or rec["model"]
-    return label + (f" {rec['dtype']}" if rec["dtype"] != "float32" else "")
+    label += f" {rec['dtype']}" if rec["dtype"] != "float32" else ""
+    return label + (f" attn={attn}" if (attn := rec.get("attn")) else "")
 
 
 def prompt_label(rec: ResultRecord) -> str:

@@ -204,6 +204,8 @@ def pytest_args(config: pytest.Config, settings: Settings, device: str) -> list[
         args.append("--decodeperf-prompt-lens=" + ",".join(str(n) for n in s.prompt_lens))
     if s.dtype is not None:
         args.append(f"--decodeperf-dtype={s.dtype}")
+    if s.attn is not None:
+        args.append("--decodeperf-attn=" + ",".join(s.attn))
     if s.model_path is not None:  # workers may run in other trees: the path must not be relative
         args.append(f"--decodeperf-model-path={os.path.abspath(s.model_path)}")
     if config.pluginmanager.hasplugin("xdist"):

@@ -82,6 +82,7 @@ def _py(value: object) -> str:
 def marker_page() -> str:
     from pytest_decodeperf.engine.decode.caches import CACHES
     from pytest_decodeperf.engine.decode.stream_modes import HF_MODES, STOP_POLICIES
+    from pytest_decodeperf.engine.spec.attention import ATTN_KERNELS
     from pytest_decodeperf.engine.spec.models import DTYPES, MODELS
     from pytest_decodeperf.engine.spec.variants import COMPILE_MODES
     from pytest_decodeperf.engine.spec.workload import PROMPTS, STOPS
@@ -105,6 +106,7 @@ def marker_page() -> str:
         "draft": "a zoo name, a checkpoint directory, or your `draft_model` fixture's label (one value)",
         "lookup_tokens": "an integer >= 1 (one value)",
         "concurrency": "`None` or integers >= 1",
+        "attn": "`None`, " + ", ".join(f"`{a}`" for a in ATTN_KERNELS),
     }
     missing = sorted(set(SIGNATURE.parameters) - set(values))
     if missing:
@@ -135,7 +137,8 @@ def marker_page() -> str:
             "`lookup_tokens`: one",
             "value); the test is parametrized over the product of all of them. An unknown keyword or value fails",
             "collection with one line naming it. Ids read `model-cache-stream-bN`, then `-pN` / `-pNmixed` when",
-            "the prompt varies, `-nN` / `-stop-X` when the length or the stop varies, `-compiled`.",
+            "the prompt varies, `-nN` / `-stop-X` when the length or the stop varies, `-compiled`, and the",
+            "attention kernel when one is named (`-eager`, `-sdpa`, `-flex_attention`).",
             "",
             *_table(["keyword", "default", "values", "meaning"], rows),
             "",

@@ -658,3 +658,32 @@ def test_markers_documents_the_full_decode_perf_signature(pytester: pytest.Pytes
     signature = ", ".join(f"{name}={param.default!r}" for name, param in SIGNATURE.parameters.items())
     assert signature.startswith("models=None, cache=('dynamic',), stream=('baseline', 'pipelined'), ")
     result.stdout.fnmatch_lines([f"@pytest.mark.decode_perf({signature}): measure token generation*--decodeperf."])
+
+
+def test_the_attn_option_doubles_every_row_and_each_item_gets_a_model_running_its_kernel(
+    pytester: pytest.Pytester, run_decodeperf: Run
+) -> None:
+    pytester.makepyfile(
+        test_kernels="""
+        import pytest
+
+
+        @pytest.mark.decode_perf(stream=("baseline", "pipelined"), new_tokens=8)
+        def test_gen(decode_model, decode_variant):
+            assert decode_model.config._attn_implementation == decode_variant.attn
+        """
+    )
+    result = run_decodeperf("-v", "--decodeperf-attn=sdpa,eager", "--decodeperf-json=out.json")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "test_kernels.py::test_gen[[]tiny-gpt2-dynamic-baseline-b1-sdpa[]] PASSED*",
+            "test_kernels.py::test_gen[[]tiny-gpt2-dynamic-pipelined-b1-eager[]] PASSED*",
+            "tiny-gpt2 attn=eager *dynamic *baseline *1 *4 *8 *pass*",  # each kernel a group with its baseline
+            "tiny-gpt2 attn=eager *dynamic *pipelined *1 *4 *8 *pass*",
+            "tiny-gpt2 attn=sdpa *dynamic *baseline *1 *4 *8 *pass*",
+            "tiny-gpt2 attn=sdpa *dynamic *pipelined *1 *4 *8 *pass*",
+        ]
+    )
+    records = read_json(pytester.path / "out.json")["results"]
+    assert sorted(r["attn"] for r in records) == ["eager", "eager", "sdpa", "sdpa"]

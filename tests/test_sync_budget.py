@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_asv_history import make_record, repo, results_dir, write  # noqa: F401
 from test_regression import compare, row
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedModel
 
 from pytest_decodeperf import Runner, Variant
 from pytest_decodeperf.engine.decode.stream_modes import STOP_POLICIES, StopPolicy, StopRun
@@ -152,3 +153,48 @@ def test_history_fails_on_any_increase_of_the_sync_count(repo: tuple) -> None:
 
 def replace_syncs(record: dict, value: float) -> dict:  # type: ignore[type-arg]
     return {**record, "syncs_per_step": value}
+
+
+def tiny_gemma3(window: int) -> PreTrainedModel:
+    """Gemma 3's text model, two sliding-window layers of ``window`` tokens and two full ones, seeded."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        sliding_window=window,
+        tie_word_embeddings=False,
+        initializer_range=0.3,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_a_full_sliding_window_static_cache_builds_a_device_index_per_sliding_layer_per_step(runner: Runner) -> None:
+    """transformers' StaticSlidingWindowLayer (Gemma 2/3/4, gpt-oss, Cohere2 ``layer_types``), once its window is full,
+    rolls the cache and overwrites the last slot through ``torch.tensor([-1], device=...)`` every decode step: a
+    pageable host-to-device copy, so a blocking sync per sliding layer per step on CUDA (docs/explanation/syncs.md).
+    The gate fails the loop's modes naming the line; generate()'s count it without a gate."""
+    for window, want in ((4, 2), (16, 0)):  # 4 prompt + 8 new tokens: a window of 16 never fills
+        model = tiny_gemma3(window)
+        for stream, flag in (("baseline", 1.0), ("hf-generate", 0.0)):
+            variant = Variant("tiny-gemma3", cache="static", stream=stream, new_tokens=8, stop="none")
+            syncs = runner.count_syncs(model, variant, runner.workload(model, variant), None)
+            assert syncs is not None and syncs.declared_per_step == flag
+            cache_sites = [s for s in syncs.sites if s.startswith("transformers/cache_utils.py:")]
+            if want == 0:
+                assert cache_sites == [], syncs
+                continue
+            assert [s.split(" ", 1)[1] for s in cache_sites] == ["tensor(device=) x14"], syncs  # 2 layers x 7 steps
+            assert syncs.max_hidden == want + (stream == "hf-generate")  # generate()'s own StopCheck besides
+            assert syncs.over_budget == (stream == "baseline")  # generate()'s modes: reported, not gated
+        dynamic = Variant("tiny-gemma3", cache="dynamic", new_tokens=8, stop="none")
+        counted = runner.count_syncs(model, dynamic, runner.workload(model, dynamic), None)
+        assert counted is not None and counted.max_hidden == 0  # a dynamic cache's sliding layers slice instead

@@ -58,23 +58,24 @@ class Held:
     def __init__(self, device: torch.device, seed: int):
         self.device = device
         self.seed = seed
-        self.models: dict[tuple[str, str, int], PreTrainedModel] = {}
+        self.models: dict[tuple[str, str, int, str | None], PreTrainedModel] = {}
         self.state: weakref.WeakKeyDictionary[PreTrainedModel, ModelState] = weakref.WeakKeyDictionary()
         self._last_compiled: weakref.ref[PreTrainedModel] | None = None
 
     def of(self, model: PreTrainedModel) -> ModelState:
         return self.state.setdefault(model, ModelState())
 
-    def model(self, name: str, dtype: str = "float32", tp: int = 1) -> PreTrainedModel:
-        """Zoo model or checkpoint ``name``, built once; ``tp`` > 1: sharded over the ranks (every rank loads it)."""
-        key = (name, dtype, tp)
+    def model(self, name: str, dtype: str = "float32", tp: int = 1, attn: str | None = None) -> PreTrainedModel:
+        """Zoo model or checkpoint ``name``, built once per dtype, ranks and attention kernel (one object per kernel:
+        the kernel is the model's config, so two kernels cannot share it); ``tp`` > 1: sharded over the ranks."""
+        key = (name, dtype, tp, attn)
         if key not in self.models:
             if tp > 1:
                 from .parallel.tensor_parallel import load_sharded
 
-                self.models[key] = load_sharded(name, dtype, tp, seed=self.seed)
+                self.models[key] = load_sharded(name, dtype, tp, seed=self.seed, attn=attn)
             else:
-                self.models[key] = build_model(name, self.device, dtype, seed=self.seed)
+                self.models[key] = build_model(name, self.device, dtype, seed=self.seed, attn=attn)
         return self.models[key]
 
     def tokenizer(self, model: PreTrainedModel) -> Any:

@@ -16,6 +16,7 @@ from .measure.rounds import Measurement
 from .parallel.tensor_parallel import TPInfo
 from .parity.compare import ParityReport
 from .roofline.variant import ROOFLINE_FIELDS, Roofline
+from .spec.attention import COMPILED_KERNELS, UNCOUNTED
 from .spec.models import model_label
 from .spec.variants import Variant
 from .spec.workload import Workload
@@ -52,6 +53,8 @@ class VariantResult:
         notes = [n for n in (out.note, self.roofline.note if self.roofline else "") if n]
         if self.syncs is None and v.stream == "hf-serve":
             notes.append("syncs not counted: continuous batching runs its forwards in transformers' own thread")
+        elif self.syncs is None and v.attn in COMPILED_KERNELS:
+            notes.append(UNCOUNTED)
         elif self.syncs is None and not v.is_hf:
             notes.append("syncs not counted under torch.compile")
         fields: dict[str, Any] = {
@@ -68,6 +71,7 @@ class VariantResult:
             "prompt_lengths": list(self.workload.prompt_lengths),
             "compile": v.compile,
             "dtype": v.dtype,
+            "attn": v.attn,
             "device": self.device.type,
             "parity": self.parity_verdict,
             "steps": out.steps,

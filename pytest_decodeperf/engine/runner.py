@@ -39,7 +39,9 @@ from .roofline.analytic import MIB, measure_bandwidth
 from .roofline.kv_memory import AllocationWatch
 from .roofline.routing import GenerationProbe, probe_generation
 from .roofline.variant import Roofline, draft_bytes, needs_probe, variant_roofline
-from .spec.checks import check_compiled, check_drivable, check_dtype
+from .spec.attention import COMPILED_KERNELS
+from .spec.checks import check_attn, check_compiled, check_drivable, check_dtype
+from .spec.models import actual_attn
 from .spec.variants import SELF_DRAFT, Variant
 from .spec.workload import Workload, check_not_degenerate
 
@@ -101,9 +103,10 @@ class Runner:
             self._bandwidth = measure_bandwidth(self.device, nbytes=size, repeats=5)
         return self._bandwidth
 
-    def model(self, name: str, dtype: str = "float32", tp: int = 1) -> PreTrainedModel:
-        """Zoo model or checkpoint ``name``, built once; ``tp`` > 1: sharded over the ranks (every rank loads it)."""
-        return self.held.model(name, dtype, tp)
+    def model(self, name: str, dtype: str = "float32", tp: int = 1, attn: str | None = None) -> PreTrainedModel:
+        """Zoo model or checkpoint ``name`` with attention kernel ``attn``, built once; ``tp`` > 1: sharded over the
+        ranks (every rank loads it)."""
+        return self.held.model(name, dtype, tp, attn)
 
     def tokenizer(self, model: PreTrainedModel) -> object:
         return self.held.tokenizer(model)
@@ -233,7 +236,10 @@ class Runner:
         budget: int | None,
         collectives: CollectiveCounter | None = None,
     ) -> SyncReport | None:
-        """Blocking device reads per decode step of one untimed generation (None under torch.compile)."""
+        """Blocking device reads per decode step of one untimed generation (None under torch.compile, or with an
+        attention kernel transformers compiles: ``spec/attention.py``)."""
+        if variant.compile or actual_attn(model) in COMPILED_KERNELS:
+            return None
         generation = self.generation(model, variant, workload)
         if variant.compile or not generation.counts_syncs:
             return None
@@ -302,7 +308,7 @@ class Runner:
         ``max_syncs_per_step``: hidden blocking reads allowed per decode step (default 0 for the decode loop's modes
         and your decoders, not gated for generate()'s); the result says when it is exceeded.
         """
-        model = model if model is not None else self.model(variant.model, variant.dtype, variant.tp)
+        model = model if model is not None else self.model(variant.model, variant.dtype, variant.tp, variant.attn)
         with pinned_threads(self.threads), no_padding_check(model):
             result = self._run(variant, model, parity, max_syncs_per_step)
             result.threads = torch.get_num_threads()
@@ -327,6 +333,7 @@ class Runner:
     ) -> VariantResult:
         variant.validate(self.device)
         check_dtype(model, variant)
+        check_attn(model, variant)
         from .parallel.tensor_parallel import Sharded
 
         sharded = Sharded(self.ranks, model, variant) if variant.tp > 1 else None

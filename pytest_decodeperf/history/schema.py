@@ -36,15 +36,18 @@ OPTIONAL_PARAMS = (
     "tp",
     "draft",
     "lookup_tokens",
+    "attn",
 )  # params only where they take several values
 PARAM_ORDER = BASE_PARAMS + OPTIONAL_PARAMS
-# Params added later, and the value every earlier measurement had (4 random prompt tokens, one process).
+# Params added later, and the value every earlier measurement had (4 random prompt tokens, one process, no draft or
+# lookup, the model's default attention kernel).
 LEGACY_CONSTANTS = {
     "prompt_len": repr(4),
     "prompts": repr("random"),
     "tp": repr(1),
     "draft": repr(None),
     "lookup_tokens": repr(None),
+    "attn": repr(None),
 }
 
 
@@ -249,6 +252,7 @@ def _param_values(rec: ResultRecord) -> dict[str, str]:
         rec.get("tp", 1),  # records from before tensor parallel: one process
         rec.get("draft"),  # records from before speculative modes: none
         rec.get("lookup_tokens"),
+        rec.get("attn"),  # records from before the attention axis: the model's default kernel
     )
     return {name: repr(value) for name, value in zip(PARAM_ORDER, values, strict=True)}
 

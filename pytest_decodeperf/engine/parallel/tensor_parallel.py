@@ -32,7 +32,7 @@ from ..measure.collectives import CollectiveCounter, CollectiveReport
 from ..measure.counting import SyncReport
 from ..roofline.analytic import StepBytes
 from ..roofline.variant import Roofline
-from ..spec.models import MODELS, build_model, is_checkpoint, resolve_dtype
+from ..spec.models import MODELS, build_model, is_checkpoint, resolve_dtype, set_attn
 from ..spec.variants import Variant
 from .distributed import RankGroup
 
@@ -125,8 +125,9 @@ def _tp_kwargs(tp: int) -> dict[str, Any]:
     return {"distributed_config": DistributedConfig(tp_size=tp)}
 
 
-def load_sharded(name: str, dtype: str, tp: int, seed: int = 0) -> PreTrainedModel:
-    """Zoo model or checkpoint ``name`` sharded over the ``tp`` ranks of the process group, on this rank's device."""
+def load_sharded(name: str, dtype: str, tp: int, seed: int = 0, attn: str | None = None) -> PreTrainedModel:
+    """Zoo model or checkpoint ``name`` sharded over the ``tp`` ranks of the process group, on this rank's device,
+    with attention kernel ``attn`` (None: the model's default)."""
     if importlib.util.find_spec("accelerate") is None:
         raise DecodePerfError(
             "tensor-parallel loading needs the accelerate package (transformers refuses a tp plan without it): "
@@ -146,7 +147,7 @@ def load_sharded(name: str, dtype: str, tp: int, seed: int = 0) -> PreTrainedMod
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DecodePerfError(f"{name} does not load sharded over {tp} ranks: {first}") from None
     cast(Any, model).eval()
-    return cast(PreTrainedModel, model)
+    return set_attn(cast(PreTrainedModel, model), attn, name)
 
 
 def _worst(reports: list[Any], key: Any) -> Any:

@@ -1,6 +1,6 @@
 """What refuses a variant before it is measured, or fails it after: each one line naming the fix.
 
-A model in another dtype than its variant's (its numbers would be filed under the wrong dtype); a
+A model in another dtype or attention kernel than its variant's (its numbers would be filed under the wrong one); a
 model the decode loop cannot drive, or one that ignores the cache it is given (generate() would agree
 with its wrong tokens); a compiled variant whose rounds ran eager (dynamo's recompile limit, or no
 graph at all): a figure under a label it does not deserve is worse than no figure.
@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from ...errors import DecodePerfError
 from ..decode.refusals import loop_refusal
-from .models import DTYPES
+from .models import DTYPES, actual_attn
 from .variants import Variant
 
 
@@ -37,6 +37,18 @@ def check_dtype(model: torch.nn.Module, variant: Variant) -> None:
         raise DecodePerfError(
             f"{variant.id}: the model's weights are {actual}, but the variant says {variant.dtype}: its numbers "
             f"would be filed under the wrong dtype; build the model in decode_variant.dtype{hint}"
+        )
+
+
+def check_attn(model: torch.nn.Module, variant: Variant) -> None:
+    """A model running another attention kernel than its variant names would file its numbers under the wrong
+    one (a ``decode_model`` of yours that ignores ``decode_variant.attn``): refused. ``attn=None`` takes any."""
+    actual = actual_attn(model)
+    if variant.attn is not None and actual != variant.attn:
+        raise DecodePerfError(
+            f"{variant.id}: the model runs attention with {actual!r}, but the variant says attn={variant.attn!r}: its "
+            "numbers would be filed under the wrong kernel; build the model with "
+            "attn_implementation=decode_variant.attn (or call model.set_attn_implementation(decode_variant.attn))"
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import transformers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from ...errors import DecodePerfError, check_choice
@@ -150,7 +151,8 @@ def load_checkpoint(
             str(directory), local_files_only=True, trust_remote_code=False, dtype=resolve_dtype(dtype)
         )
     except Exception as exc:  # the loader's many failures (corrupt weights, a missing library): one line
-        raise DecodePerfError(f"checkpoint {str(directory)!r} does not load as a causal LM: {_first(exc)}") from None
+        why = first_line(exc)
+        raise DecodePerfError(f"checkpoint {str(directory)!r} does not load as a causal LM: {why}") from None
     cast(Any, model).to(device=torch.device(device))
     cast(Any, model).eval()
     return cast(PreTrainedModel, model)
@@ -166,10 +168,10 @@ def load_tokenizer(path: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # as load_checkpoint: one line
-        raise DecodePerfError(f"the tokenizer beside {str(directory)!r} does not load: {_first(exc)}") from None
+        raise DecodePerfError(f"the tokenizer beside {str(directory)!r} does not load: {first_line(exc)}") from None
 
 
-def _first(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """An exception's first line (its type when it says nothing)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -185,11 +187,12 @@ def build_model(
     device: torch.device | str = "cpu",
     dtype: str | torch.dtype = "float32",
     seed: int = 0,
+    attn: str | None = None,
 ) -> PreTrainedModel:
     """Build zoo model ``name`` with seeded random weights (or load the checkpoint directory ``name``),
-    in eval mode, on ``device``."""
+    in eval mode, on ``device``; ``attn``: its attention kernel (None: the model's default; ``set_attn``)."""
     if is_checkpoint(name):
-        return load_checkpoint(name, device, dtype)
+        return set_attn(load_checkpoint(name, device, dtype), attn, name)
     spec = MODELS[check_model_name(name)]
     torch_dtype = resolve_dtype(dtype)
     dev = torch.device(device)
@@ -197,10 +200,37 @@ def build_model(
     # Seed a private generator stream so building a model never disturbs the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = spec.build()
+        model = set_attn(spec.build(), attn, name)  # the same weights whatever the kernel
     # transformers types .to()/.eval() loosely; the model is the same object either way.
     cast(Any, model).to(device=dev, dtype=torch_dtype)
     cast(Any, model).eval()
+    return model
+
+
+def actual_attn(model: torch.nn.Module) -> str | None:
+    """The kernel ``model`` runs attention with (its config's ``_attn_implementation``; None: not said)."""
+    value = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return value if isinstance(value, str) else None
+
+
+def set_attn(model: PreTrainedModel, attn: str | None, name: str) -> PreTrainedModel:
+    """``model`` switched to attention kernel ``attn`` by transformers' ``set_attn_implementation`` (the checks
+    ``from_pretrained(attn_implementation=)`` makes; None: left as built); what it cannot run is one line naming
+    its class. A zoo model is built first, so its seeded weights are the same whatever the kernel."""
+    if attn is None or actual_attn(model) == attn:
+        return model
+    try:
+        model.set_attn_implementation(attn)
+    except (ValueError, ImportError) as exc:  # transformers' refusal: the class does not support the kernel
+        why = first_line(exc).split(". ")[0]  # its first sentence (it names the class): the rest asks for an issue
+        if not why.startswith(type(model).__name__):
+            why = f"{type(model).__name__} cannot run it: {why}"
+        raise DecodePerfError(f"{name}: attn={attn!r}: {why} (transformers {transformers.__version__})") from None
+    if actual_attn(model) != attn:  # transformers only warns when a class cannot switch
+        raise DecodePerfError(
+            f"{name}: attn={attn!r}: {type(model).__name__} does not dispatch attention through transformers' "
+            "AttentionInterface, so its kernel cannot be chosen"
+        )
     return model
 
 

@@ -13,6 +13,7 @@ from ...errors import DecodePerfError, check_choice, check_positive
 from ..decode.caches import CACHES
 from ..decode.custom import DECODERS
 from ..decode.stream_modes import HF_MODES, SPECULATIVE_MODES, STOP_POLICIES, check_stream_mode
+from .attention import check_attn, device_refusal
 from .models import DTYPES, model_label
 from .workload import DEFAULT_PROMPT_LEN, PROMPTS, STOPS
 
@@ -39,6 +40,7 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "prompt_len": lambda v: check_positive("prompt_len", v),
     "prompts": lambda v: check_choice("prompts", v, PROMPTS),
     "tp": lambda v: check_positive("tp", v),
+    "attn": check_attn,
     "draft": lambda v: v if v is None or (isinstance(v, str) and v) else _bad("draft", v),
     "lookup_tokens": lambda v: check_positive("lookup_tokens", v),
     "concurrency": lambda v: v if v is None else check_positive("concurrency", v),
@@ -64,6 +66,7 @@ class Variant:
     prompt_len: int = DEFAULT_PROMPT_LEN  # the longest row's prompt tokens
     prompts: str = "random"  # random, mixed (left padded, lengths spread) or text (the corpus, tokenized)
     tp: int = 1  # tensor-parallel ranks the model is sharded over (engine/parallel/tensor_parallel.py)
+    attn: str | None = None  # the attention kernel (transformers' attn_implementation); None: the model's default
     draft: str | None = (
         None  # hf-assisted: the draft model (a zoo name, a checkpoint, or a draft_model fixture's label)
     )
@@ -72,7 +75,8 @@ class Variant:
 
     @property
     def id(self) -> str:
-        """Readable id, e.g. ``tiny-gpt2-static-pipelined-b8``; ``-p512`` / ``-p64mixed`` off the default prompt."""
+        """Readable id, e.g. ``tiny-gpt2-static-pipelined-b8``; ``-p512`` / ``-p64mixed`` off the default prompt,
+        ``-eager`` for a kernel named (the model's default kernel adds nothing: ids stay as they were)."""
         parts = [model_label(self.model), self.cache, self.stream, f"b{self.batch_size}"]
         if self.prompt_len != DEFAULT_PROMPT_LEN or self.prompts != "random":
             parts.append(f"p{self.prompt_len}" + ("" if self.prompts == "random" else self.prompts))
@@ -82,6 +86,8 @@ class Variant:
             parts.append(self.dtype)
         if self.tp > 1:
             parts.append(f"tp{self.tp}")
+        if self.attn is not None:
+            parts.append(self.attn)
         if self.stream == "hf-assisted" and self.draft is not None:
             parts.append(f"draft-{model_label(self.draft)}")
         if self.stream == "hf-prompt-lookup" and self.lookup_tokens != DEFAULT_LOOKUP:
@@ -104,6 +110,7 @@ class Variant:
             self.prompt_len,
             self.prompts,
             self.tp,  # a sum over ranks rounds differently: tp=2's tokens are held to tp=2's baseline
+            self.attn,  # another kernel sums in another order: its tokens are held to its own baseline
         )
 
     def baseline(self) -> Variant:
@@ -142,6 +149,8 @@ class Variant:
                 raise DecodePerfError(
                     f"stream mode {self.stream!r} cannot run on device {dev.type!r}; it runs on cpu and cuda"
                 )
+            if (why := device_refusal(self.attn, dev.type)) is not None:
+                raise DecodePerfError(f"{self.id}: {why}")
             if self.stream == "hf-deferred" and dev.type != "cuda":
                 raise DecodePerfError(
                     "stream mode 'hf-deferred' needs CUDA: transformers' DeferredStopCheck records "
@@ -194,13 +203,15 @@ def matrix(
     draft: str | None = None,
     lookup_tokens: int = DEFAULT_LOOKUP,
     concurrency: Sequence[int | None] = (None,),
+    attns: Sequence[str | None] = (None,),
 ) -> list[Variant]:
-    """Every combination, each axis's values checked (``FIELD_CHECKS``), in one order: model, dtype, tp, cache,
+    """Every combination, each axis's values checked (``FIELD_CHECKS``), in one order: model, dtype, attn, tp, cache,
     compile, batch, prompt, length, stop, then stream mode (the modes of one configuration stand together, as
     given). ``prompts``: (prompt_len, kind) points (``marker.prompt_axis``). ``draft`` and ``lookup_tokens`` go to
     the speculative modes' variants only (the others' ids and keys stay as they were)."""
     axes: list[tuple[str, Sequence[Any]]] = [
         ("dtype", dtypes),
+        ("attn", attns),
         ("tp", tps),
         ("cache", caches),
         ("compile", compiles),
@@ -221,13 +232,14 @@ def matrix(
         FIELD_CHECKS["concurrency"](value)
 
     variants: list[Variant] = []
-    for m, dt, t, c, co, b, (p, k), n, st, s in itertools.product(
-        models, dtypes, tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams
+    for (m, dt, a), (t, c, co, b, (p, k), n, st, s) in itertools.product(
+        itertools.product(models, dtypes, attns),
+        itertools.product(tps, caches, compiles, batch_sizes, prompts, new_tokens, stops, streams),
     ):
         for cc in concurrency if s == "hf-serve" else (None,):  # concurrency varies hf-serve's variants only
             variants.append(
                 Variant(
-                    *(m, c, s, b, n, st, co, dt, p, k, t),
+                    *(m, c, s, b, n, st, co, dt, p, k, t, a),
                     draft=draft if s == "hf-assisted" else None,
                     lookup_tokens=lookup_tokens if s == "hf-prompt-lookup" else DEFAULT_LOOKUP,
                     concurrency=cc,
