@@ -82,7 +82,7 @@ def _check_settings(config: pytest.Config, dp: DecodePerfSession) -> None:
         try:
             results_dir = dp.asv_results_dir()
             if settings.asv:  # an explicit PATH must be (or go) in an existing writable directory
-                from .options import check_writable_dir
+                from .option_values import check_writable_dir
 
                 check_writable_dir(results_dir)
         except DecodePerfError as exc:

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from .decode.refusals import accepts_causal_mask, ignored_cache_refusal
 from .measure.profiling import compile_counters
 from .spec.models import build_model, load_tokenizer
-from .spec.variants import Variant
+from .spec.variants import SELF_DRAFT, Variant
 from .spec.workload import Workload, make_workload
 
 
@@ -59,6 +59,7 @@ class Held:
         self.device = device
         self.seed = seed
         self.models: dict[tuple[str, str, int, str | None], PreTrainedModel] = {}
+        self.drafts: dict[str, PreTrainedModel] = {}  # hf-assisted's drafts given by label (an item's draft_model)
         self.state: weakref.WeakKeyDictionary[PreTrainedModel, ModelState] = weakref.WeakKeyDictionary()
         self._last_compiled: weakref.ref[PreTrainedModel] | None = None
 
@@ -77,6 +78,15 @@ class Held:
             else:
                 self.models[key] = build_model(name, self.device, dtype, seed=self.seed, attn=attn)
         return self.models[key]
+
+    def draft(self, variant: Variant, model: PreTrainedModel) -> PreTrainedModel | None:
+        """``hf-assisted``'s draft: one given by label (``drafts``), ``model`` itself for ``draft="self"``, else the
+        zoo model or checkpoint the label names."""
+        if variant.stream != "hf-assisted" or variant.draft is None:
+            return None
+        if variant.draft in self.drafts:
+            return self.drafts[variant.draft]
+        return model if variant.draft == SELF_DRAFT else self.model(variant.draft, variant.dtype)
 
     def tokenizer(self, model: PreTrainedModel) -> Any:
         """The tokenizer saved beside ``model``'s checkpoint (its ``name_or_path``), or None."""

@@ -42,7 +42,7 @@ from .roofline.variant import Roofline, draft_bytes, needs_probe, variant_roofli
 from .spec.attention import COMPILED_KERNELS
 from .spec.checks import check_attn, check_compiled, check_drivable, check_dtype
 from .spec.models import actual_attn
-from .spec.variants import SELF_DRAFT, Variant
+from .spec.variants import Variant
 from .spec.workload import Workload, check_not_degenerate
 
 if TYPE_CHECKING:
@@ -83,7 +83,6 @@ class Runner:
         # measuring when given, and recorded in every record either way.
         self.threads = threads
         self.held = Held(self.device, seed)
-        self.drafts: dict[str, PreTrainedModel] = {}  # hf-assisted's draft models given by label (use_draft)
         self._bandwidth: float | None = None
         self._last_slot: CacheSlot | None = None
         self._last_watch: AllocationWatch | None = None
@@ -116,16 +115,11 @@ class Runner:
 
     def use_draft(self, label: str, model: PreTrainedModel) -> None:
         """The draft ``hf-assisted`` variants naming ``label`` get (else the zoo model or checkpoint of that name)."""
-        self.drafts[label] = model
+        self.held.drafts[label] = model
 
-    def draft(self, variant: Variant, model: PreTrainedModel) -> PreTrainedModel | None:
-        """``hf-assisted``'s draft: one given by ``use_draft``, ``model`` itself for ``draft="self"``, else the zoo
-        model or checkpoint the label names."""
-        if variant.stream != "hf-assisted" or variant.draft is None:
-            return None
-        if variant.draft in self.drafts:
-            return self.drafts[variant.draft]
-        return model if variant.draft == SELF_DRAFT else self.model(variant.draft, variant.dtype)
+    @property
+    def drafts(self) -> dict[str, PreTrainedModel]:
+        return self.held.drafts
 
     # --- the seam: one generation of a variant --------------------------------------------------------------
 
@@ -134,7 +128,7 @@ class Runner:
         ready = False
         if variant.cache == "none" or workload.attention_mask is not None:
             ready = self.held.of(model).ready_mask(model)
-        draft = self.draft(variant, model)
+        draft = self.held.draft(variant, model)
         return generation_for(
             variant.stream,
             variant.cache,
@@ -238,10 +232,8 @@ class Runner:
     ) -> SyncReport | None:
         """Blocking device reads per decode step of one untimed generation (None under torch.compile, or with an
         attention kernel transformers compiles: ``spec/attention.py``)."""
-        if variant.compile or actual_attn(model) in COMPILED_KERNELS:
-            return None
         generation = self.generation(model, variant, workload)
-        if variant.compile or not generation.counts_syncs:
+        if variant.compile or actual_attn(model) in COMPILED_KERNELS or not generation.counts_syncs:
             return None
         return count_syncs(
             self.device,
@@ -288,7 +280,7 @@ class Runner:
             watch=self._last_watch if kept is not None else None,
             generation_peak=measurement.generation_peak_bytes if measurement is not None else None,
         )
-        draft = self.draft(variant, model)
+        draft = self.held.draft(variant, model)
         if draft is None or output.speculation is None:
             return roof
         per_step, note = draft_bytes(draft, variant, output.speculation.draft_steps)
@@ -421,7 +413,7 @@ class Runner:
     def release(self) -> None:
         """Drop cached tensors and return freed device memory (after an OOM, or at the end)."""
         self.close_generations()
-        self.drafts.clear()
+        self.held.drafts.clear()
         self.held.forget_tokens()
         gc.collect()
         if self.device.type == "cuda":
