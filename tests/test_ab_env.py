@@ -114,7 +114,7 @@ def test_an_upgrade_that_slows_the_model_is_worse_and_named(
 def test_an_interpreter_without_the_packages_is_one_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
     bare, _ = make_venv(tmp_path / "bare")
     pytester.makeconftest(CONFTEST.format(slowdown=0.0))  # its decoder, test_ab's
-    pytester.makepyfile(test_decode=TEST)
+    pytester.makepyfile(test_abenv_decode=TEST)  # in this process: no module of tests/ has that name
     result = pytester.runpytest_inprocess(*ARGS, f"--decodeperf-ab-python={bare}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
@@ -128,7 +128,7 @@ def test_an_interpreter_without_the_packages_is_one_line(pytester: pytest.Pytest
 
 def test_a_missing_interpreter_is_one_line(pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makeconftest(CONFTEST.format(slowdown=0.0))  # its decoder, test_ab's
-    pytester.makepyfile(test_decode=TEST)
+    pytester.makepyfile(test_abenv_decode=TEST)
     result = pytester.runpytest_inprocess(*ARGS, f"--decodeperf-ab-python={tmp_path}/nope/python")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
