@@ -58,7 +58,7 @@ class Condition:
             f"{self.share(self.ms, 'different_worse', 'different_better')} | {self.share(self.ms, 'same')} | "
             f"{self.share(self.ms, 'unknown')} | {self.share(self.prefill, 'same')} / "
             f"{self.share(self.prefill, 'not judged')} | {self.failed}/{self.sessions} | {ratio} | {procs} | "
-            f"{rounds} | {statistics.median(self.seconds):.0f} s |"
+            f"{rounds} | {f'{statistics.median(self.seconds):.0f} s' if self.seconds else '-'} |"
         )
 
 
@@ -114,7 +114,10 @@ def run_model(python: Path, model: str, args: argparse.Namespace, options: list[
             set_extra(project, slowdown * step / 1e3, f"+{slowdown:.0%} per forward")
             ref = first
         cond = Condition("A/A" if not slowdown else f"+{slowdown:.0%} per step")
-        for _ in range(args.aa_sessions if not slowdown else args.sessions):
+        count = args.aa_sessions if not slowdown else args.sessions
+        if not count:
+            continue  # a condition given no sessions (--aa-sessions 0): no row
+        for _ in range(count):
             session(python, project, ref, options, cond)
         rows.append(cond.row(model))
         print(rows[-1], flush=True)

@@ -116,11 +116,15 @@ def test_a_slowdown_commit_fails_naming_the_variant_the_ratio_and_the_interval(
     assert len(worktrees(repo)) == 1  # the temporary worktree is gone
 
 
-def test_the_same_commit_against_itself_does_not_fail(pytester: pytest.Pytester, repo: Path) -> None:
-    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-ab=HEAD", "--decodeperf-fail-on-regression=100")
+def test_the_same_commit_against_itself_does_not_fail_and_the_environment_may_ask_for_it(
+    pytester: pytest.Pytester, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DECODEPERF_AB", "HEAD")  # the workers inherit the environment: they must not recurse
+    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-fail-on-regression=100")
     result.assert_outcomes(passed=2)
     text = result.stdout.str()
     assert "worse" not in text and "syncs/step 0 -> 0" in text
+    result.stdout.fnmatch_lines(["decode perf A/B: B = * (the checkout) against A = * (HEAD); gate 100%*"])
     assert len(worktrees(repo)) == 1
 
 
@@ -206,16 +210,6 @@ def test_a_branch_defaults_to_its_merge_base_with_main(pytester: pytest.Pytester
     assert default_ref(repo) == base
     git(repo, "checkout", "-q", "main")
     assert default_ref(repo) == "HEAD~1"
-
-
-def test_the_environment_may_ask_for_the_ab_and_workers_start_none_of_their_own(
-    pytester: pytest.Pytester, repo: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DECODEPERF_AB", "HEAD")  # the workers inherit the environment: they must not recurse
-    result = pytester.runpytest_subprocess(*ARGS, "--decodeperf-fail-on-regression=100")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["decode perf A/B: B = * (the checkout) against A = * (HEAD); gate 100%*"])
-    assert len(worktrees(repo)) == 1
 
 
 def test_a_ref_side_that_imports_the_checkouts_code_is_refused_in_one_line(
