@@ -70,3 +70,22 @@ def test_tpot_and_request_ttft_are_lower_is_better_history_metrics() -> None:
         metric = METRIC_BY_NAME[name]
         assert metric.type == "time" and metric.gate and metric.field == field
         assert metric.samples({field: [2.0, 3.0]}) == [0.002, 0.003]  # type: ignore[arg-type]
+
+
+def test_an_ab_side_times_a_servings_tpot_and_ttft_and_history_keeps_them(runner: Runner) -> None:
+    """What the A/B judges (PairedRounds' metrics) and what history files (asv points) for a serving variant."""
+    from pytest_decodeperf.engine.paired import PairedRounds
+    from pytest_decodeperf.history.schema import plan
+
+    variant = Variant("tiny-gpt2", "paged", "hf-serve", 4, 12, concurrency=2)
+    model = runner.model("tiny-gpt2")
+    rounds = PairedRounds(runner, model, variant)
+    try:
+        rounds.warm()
+        metrics = rounds.round()
+    finally:
+        rounds.close()
+    assert {"ms_per_token", "tpot_ms", "request_ttft_ms"} <= set(metrics) and metrics["tpot_ms"] > 0
+    record = runner.run(variant).record("test_serve.py::test_serve[x]")
+    _, points = plan([record], {})
+    assert {"time_tpot", "time_request_ttft"} <= {p.benchmark.rsplit(".", 1)[-1] for p in points}
