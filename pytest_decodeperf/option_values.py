@@ -116,12 +116,7 @@ def _bool(text: str | bool) -> bool:
 
 def _writable_file(text: str) -> Path:
     path = Path(text).expanduser()
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise DecodePerfError(f"directory {str(parent)!r} does not exist (for {str(path)!r})")
-    if not os.access(parent, os.W_OK):
-        raise DecodePerfError(f"directory {str(parent)!r} is not writable (for {str(path)!r})")
-    return path
+    return _in_writable_dir(path.parent if str(path.parent) else Path("."), path)
 
 
 def _dir(text: str) -> Path:
@@ -132,11 +127,15 @@ def check_writable_dir(path: Path) -> Path:
     """A directory that exists and is writable, or can be made in an existing writable parent."""
     if path.exists() and not path.is_dir():
         raise DecodePerfError(f"{str(path)!r} exists and is not a directory")
-    probe = path if path.exists() else path.parent
-    if not probe.is_dir():
-        raise DecodePerfError(f"directory {str(probe)!r} does not exist (for {str(path)!r})")
-    if not os.access(probe, os.W_OK):
-        raise DecodePerfError(f"directory {str(probe)!r} is not writable (for {str(path)!r})")
+    return _in_writable_dir(path if path.exists() else path.parent, path)
+
+
+def _in_writable_dir(directory: Path, path: Path) -> Path:
+    """``path``, once ``directory`` (where it is written) is an existing writable directory."""
+    if not directory.is_dir():
+        raise DecodePerfError(f"directory {str(directory)!r} does not exist (for {str(path)!r})")
+    if not os.access(directory, os.W_OK):
+        raise DecodePerfError(f"directory {str(directory)!r} is not writable (for {str(path)!r})")
     return path
 
 

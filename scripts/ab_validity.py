@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live_project import every_model, git, make_project, run, set_extra, step_ms
+from live_project import arguments, benchmark, git, make_project, run, set_extra, step_ms
 
 
 @dataclass
@@ -125,22 +123,10 @@ def run_model(python: Path, model: str, args: argparse.Namespace, options: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny-gpt2,tiny-llama-gqa")
+    parser = arguments(__doc__, models="tiny-gpt2,tiny-llama-gqa", slowdowns="0.02,0.05,0.10")
     parser.add_argument("--aa-sessions", type=int, default=25, help="A/A sessions per model (2 decisions each)")
     parser.add_argument("--sessions", type=int, default=10, help="sessions per model and injected slowdown")
-    parser.add_argument("--slowdowns", default="0.02,0.05,0.10", help="busy-wait per forward, fractions of a step")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--python", type=Path, help="an interpreter with the plugin installed (default: a fresh venv)")
-    parser.add_argument("--pytest-args", default="", help="extra options for every session, e.g. the A/B budget")
-    args = parser.parse_args(argv)
-    args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
-    work = Path(tempfile.mkdtemp(prefix="ab-validity-"))
-    try:
-        every_model("ab_validity.py", argv, args, work, run_model, HEADER)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return benchmark("ab_validity.py", argv, parser, run_model, HEADER)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from live_project import every_model, git, make_project, run, set_extra, step_ms
+from live_project import arguments, benchmark, git, make_project, run, set_extra, step_ms
 
 HEADER = [
     "| model | slowed commit | runs | right | undecided | wrong | median A/Bs | median bisection |",
@@ -90,24 +88,12 @@ def run_model(python: Path, model: str, args: argparse.Namespace, options: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny-gpt2")
+    parser = arguments(__doc__, models="tiny-gpt2", slowdowns="0.10")
     parser.add_argument("--commits", type=int, default=8, help="commits after the first (BAD is the last)")
     parser.add_argument("--runs", type=int, default=5, help="bisections per model and slowdown")
     parser.add_argument("--aa-runs", type=int, default=2, help="bisections with no commit slowed")
-    parser.add_argument("--slowdowns", default="0.10", help="busy-wait per forward, fractions of a step")
-    parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="which commit is slowed, per run")
-    parser.add_argument("--python", type=Path, help="an interpreter with the plugin installed (default: a fresh venv)")
-    parser.add_argument("--pytest-args", default="", help="extra options for every session, e.g. the A/B budget")
-    args = parser.parse_args(argv)
-    args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
-    work = Path(tempfile.mkdtemp(prefix="bisect-validity-"))
-    try:
-        every_model("bisect_validity.py", argv, args, work, run_model, HEADER)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return benchmark("bisect_validity.py", argv, parser, run_model, HEADER)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,9 @@ Per condition: sessions failed, and each variant's ms/token row mark (``+`` wors
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from live_project import ROOT, every_model, git, make_project, run, set_extra, step_ms
+from live_project import ROOT, arguments, benchmark, git, make_project, run, set_extra, step_ms
 
 ROW = re.compile(r"^([+\-~? ])\s+\S+\s+\S+\s+~?\d+\.\d+\s+\S*time_decode_per_token\(")
 
@@ -139,27 +136,10 @@ def run_model(python: Path, model: str, args: argparse.Namespace, options: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny-gpt2")
+    parser = arguments(__doc__, models="tiny-gpt2", slowdowns="0.05,0.10,1.8")
     parser.add_argument("--aa-runs", type=int, default=40, help="separate-run A/A comparisons per model")
     parser.add_argument("--runs", type=int, default=10, help="comparisons per model and other condition")
-    parser.add_argument("--slowdowns", default="0.05,0.10,1.8", help="busy-wait per forward, fractions of a step")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--python", type=Path, help="an interpreter with the plugin installed (default: a fresh venv)")
-    parser.add_argument("--pytest-args", default="", help="extra options for every session")
-    args = parser.parse_args(argv)
-    args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
-    work = Path(tempfile.mkdtemp(prefix="history-validity-"))
-    old_home = os.environ.get("HOME")
-    os.environ["HOME"] = str(work / "home")  # asv's machine file stays out of the real home
-    (work / "home").mkdir()
-    try:
-        every_model("history_validity.py", argv, args, work, run_model, HEADER)
-    finally:
-        if old_home is not None:
-            os.environ["HOME"] = old_home
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return benchmark("history_validity.py", argv, parser, run_model, HEADER, own_home=True)
 
 
 if __name__ == "__main__":

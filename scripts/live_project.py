@@ -1,4 +1,5 @@
-"""A temporary user project for the live benchmarks (``ab_validity.py``, ``history_validity.py``).
+"""The temporary user project of the live benchmarks (``ab_validity.py``, ``history_validity.py``,
+``bisect_validity.py``).
 
 What a user has: the plugin installed in a virtual environment as users install it (``pip install``
 of this checkout, not editable), a git project with one decode perf test file, and a
@@ -8,12 +9,15 @@ later commit can be slower by a known fraction of the measured step.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,6 +124,43 @@ def every_model(
     command = " ".join([f"python scripts/{script}", *(argv if argv is not None else sys.argv[1:])])
     print(f"\n{started:%Y-%m-%d}, {platform.node()} ({os.cpu_count()} CPUs), `{command}`:\n")
     print("\n".join([*header, *rows]))
+
+
+def arguments(doc: str | None, models: str, slowdowns: str) -> argparse.ArgumentParser:
+    """The options every live benchmark has; a script adds its own counts."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--slowdowns", default=slowdowns, help="busy-wait per forward, fractions of a step")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--python", type=Path, help="an interpreter with the plugin installed (default: a fresh venv)")
+    parser.add_argument("--pytest-args", default="", help="extra options for every session, e.g. the A/B budget")
+    return parser
+
+
+def benchmark(
+    script: str,
+    argv: list[str] | None,
+    parser: argparse.ArgumentParser,
+    run_model: Callable[[Path, str, Any, list[str], Path], list[str]],
+    header: list[str],
+    own_home: bool = False,
+) -> int:
+    """Parse, then ``every_model`` in a temporary folder removed afterwards; ``own_home`` points HOME
+    into it (asv's machine file stays out of the real home)."""
+    args = parser.parse_args(argv)
+    args.slowdowns = [float(s) for s in args.slowdowns.split(",") if s]
+    work = Path(tempfile.mkdtemp(prefix=f"{Path(script).stem.replace('_', '-')}-"))
+    old_home = os.environ.get("HOME")
+    if own_home:
+        os.environ["HOME"] = str(work / "home")
+        (work / "home").mkdir()
+    try:
+        every_model(script, argv, args, work, run_model, header)
+    finally:
+        if own_home and old_home is not None:
+            os.environ["HOME"] = old_home
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 def step_ms(python: Path, project: Path, options: list[str]) -> float:
