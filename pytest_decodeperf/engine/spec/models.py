@@ -28,6 +28,13 @@ DTYPES: dict[str, torch.dtype] = {
 
 # Random-init models need a wide init so greedy output varies (see module docstring).
 INIT_RANGE = 0.3
+# The tiny zoo models' token ids (bos 0, eos = pad 1) and init, one place for every config that builds one.
+ZOO_IDS_AND_INIT: dict[str, Any] = {
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+    "initializer_range": INIT_RANGE,
+}
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,7 @@ def _tiny_gpt2() -> PreTrainedModel:
         n_embd=128,
         n_layer=4,
         n_head=4,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        initializer_range=INIT_RANGE,
+        **ZOO_IDS_AND_INIT,
     )
     return GPT2LMHeadModel(config)
 
@@ -70,10 +74,7 @@ def _llama(vocab: int, width: int, mlp: int, layers: int, heads: int, kv_heads: 
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=positions,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        initializer_range=INIT_RANGE,
+        **ZOO_IDS_AND_INIT,
     )
     return LlamaForCausalLM(config)
 
