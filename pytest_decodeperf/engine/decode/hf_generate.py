@@ -60,7 +60,7 @@ def generation_config(request: Request, cache: str, compile: bool = False, **ext
     """Greedy, the request's length and stops (none: exactly its length), ``cache``'s implementation."""
     if cache not in _CACHE_ARGS:
         raise DecodePerfError(f"cache type {cache!r} has no generate() equivalent; use one of {sorted(_CACHE_ARGS)}")
-    eos = request.eos_ids.tolist()
+    eos = list(request.host_eos_ids)  # read once per request: this runs inside the timed round
     return GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=request.max_new_tokens,
         do_sample=False,

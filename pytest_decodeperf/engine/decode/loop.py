@@ -97,7 +97,8 @@ def generate(
             token = torch.where(finished, pad, token)  # [B]
             seq[:, prompt_len + index] = token
             finished.bitwise_or_(torch.isin(token, eos_ids))
-            run.publish(index, finished.all())
+            if run.policy.lag is not None:  # nostop reads no flag: no reduction launched for it either
+                run.publish(index, finished.all())
             observer.launched(index)  # on the step's stream, right after its launch (timing marks)
         steps += 1
         with observer.range("stop check", "red"), observer.stop_check():

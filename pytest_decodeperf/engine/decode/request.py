@@ -8,6 +8,7 @@ the one rule the loop's trimming and the parity check both follow.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class Request:
     @property
     def prompt_len(self) -> int:
         return int(self.prompts.shape[1])
+
+    @functools.cached_property
+    def host_eos_ids(self) -> tuple[int, ...]:
+        """``eos_ids`` on the host, read from the device once per request (not in every timed round)."""
+        return tuple(int(t) for t in self.eos_ids.tolist())
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class ServeSession:
         longest = max(len(p) for p in self.prompts)
         per_request = -(-(longest + request.max_new_tokens) // PAGE)
         self.blocks = per_request * concurrency + 1
-        eos = request.eos_ids.tolist()
+        eos = list(request.host_eos_ids)
         config = GenerationConfig(  # type: ignore[no-untyped-call]
             max_new_tokens=request.max_new_tokens,
             do_sample=False,
